@@ -1,0 +1,104 @@
+//! The admin listener (loopback by default): health, readiness, policy, reload, metrics.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::json_response;
+use crate::metrics::Metrics;
+use crate::snapshot::PolicyStore;
+
+pub struct Admin {
+    pub policy: Arc<PolicyStore>,
+    pub metrics: Arc<Metrics>,
+    /// Set when shutdown starts: readiness turns false so load balancers stop sending.
+    pub draining: Arc<AtomicBool>,
+}
+
+impl Admin {
+    pub fn ready(&self) -> bool {
+        self.policy.is_loaded() && !self.draining.load(Ordering::Acquire)
+    }
+
+    /// Reload the scope file and report the outcome in metrics.
+    pub async fn reload(&self) -> Result<serde_json::Value, String> {
+        let result = self.policy.reload().await;
+        let generation = self.policy.load().generation;
+        self.metrics.reload(result.is_ok(), generation);
+        result
+            .map(|_| self.policy.describe())
+            .map_err(|e| e.to_string())
+    }
+
+    async fn route(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        match (req.method(), req.uri().path()) {
+            (&Method::GET | &Method::HEAD, "/-/health") => {
+                json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+            }
+            (&Method::GET | &Method::HEAD, "/-/ready") => {
+                let ready = self.ready();
+                let status = if ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                json_response(status, &serde_json::json!({"ready": ready}))
+            }
+            (&Method::GET, "/-/policy") => json_response(StatusCode::OK, &self.policy.describe()),
+            (&Method::POST, "/-/reload") => match self.reload().await {
+                Ok(doc) => json_response(StatusCode::OK, &doc),
+                Err(message) => json_response(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    &serde_json::json!({"message": message, "policy": self.policy.describe()}),
+                ),
+            },
+            (&Method::GET, "/metrics") => {
+                let mut resp = Response::new(Full::new(Bytes::from(self.metrics.render())));
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                resp
+            }
+            _ => json_response(
+                StatusCode::NOT_FOUND,
+                &serde_json::json!({"message": "404 Not Found"}),
+            ),
+        }
+    }
+}
+
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: CancellationToken) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let Ok((stream, _)) = accepted else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let admin = Arc::clone(&admin);
+        let service = service_fn(move |req| {
+            let admin = Arc::clone(&admin);
+            async move { Ok::<_, Infallible>(admin.route(req).await) }
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+}

@@ -1,0 +1,192 @@
+//! Every way a request can fail inside the gateway, and the one place that maps a failure to
+//! the HTTP answer the client gets (status, `{"message": ...}` body, extra headers).
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+
+use crate::credentials::CredentialError;
+use crate::decide::Limit;
+use crate::project::ProjectIdentity;
+use crate::target::TargetError;
+
+/// Seconds a client should wait before retrying when the forge could not be asked.
+const RETRY_AFTER_SECS: &str = "5";
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("{0}")]
+    Credentials(#[from] CredentialError),
+
+    #[error("undecodable target: {0}")]
+    Target(#[from] TargetError),
+
+    #[error("CI/CD job token of {origin} may not access {target}: {}", describe_limit(*.limit, origin, target))]
+    OutOfScope {
+        origin: ProjectIdentity,
+        target: ProjectIdentity,
+        limit: Limit,
+    },
+
+    #[error("CI/CD job token of {origin} may not be used on this route: the gateway cannot tell which project it acts on")]
+    Unattributed { origin: ProjectIdentity },
+
+    #[error("invalid or expired CI/CD job token")]
+    InvalidToken,
+
+    #[error("the forge could not be asked who owns the CI/CD job token ({0}); try again later")]
+    ForgeUnavailable(String),
+
+    #[error("upstream unreachable: {0}")]
+    UpstreamConnect(String),
+
+    #[error("upstream did not answer in time")]
+    UpstreamTimeout,
+
+    #[error("upstream failed: {0}")]
+    Upstream(String),
+}
+
+fn describe_limit(limit: Limit, origin: &ProjectIdentity, target: &ProjectIdentity) -> String {
+    match limit {
+        Limit::Outbound => format!(
+            "outbound limit of {origin} is on and {target} is not on its outbound allowlist"
+        ),
+        Limit::Inbound => {
+            format!("inbound limit of {target} is on and {origin} is not on its inbound allowlist")
+        }
+    }
+}
+
+impl GatewayError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::Credentials(_) | GatewayError::Target(_) => StatusCode::BAD_REQUEST,
+            GatewayError::OutOfScope { .. } | GatewayError::Unattributed { .. } => {
+                StatusCode::FORBIDDEN
+            }
+            GatewayError::InvalidToken => StatusCode::UNAUTHORIZED,
+            GatewayError::ForgeUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::UpstreamConnect(_) | GatewayError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Bounded label for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            GatewayError::Credentials(CredentialError::Conflicting) => "conflicting_tokens",
+            GatewayError::Credentials(_) => "malformed_credentials",
+            GatewayError::Target(_) => "undecodable_target",
+            GatewayError::OutOfScope {
+                limit: Limit::Outbound,
+                ..
+            } => "outbound_limit",
+            GatewayError::OutOfScope {
+                limit: Limit::Inbound,
+                ..
+            } => "inbound_limit",
+            GatewayError::Unattributed { .. } => "unattributed_route",
+            GatewayError::InvalidToken => "invalid_token",
+            GatewayError::ForgeUnavailable(_) => "forge_unavailable",
+            GatewayError::UpstreamConnect(_) => "upstream_connect",
+            GatewayError::UpstreamTimeout => "upstream_timeout",
+            GatewayError::Upstream(_) => "upstream_error",
+        }
+    }
+
+    /// The answer the client gets, in the forge's JSON style.
+    pub fn to_response(&self) -> Response<Full<Bytes>> {
+        let status = self.status();
+        let message = format!(
+            "{} {} - {}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            self
+        );
+        let mut resp = json_response(status, &serde_json::json!({ "message": message }));
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
+        }
+        resp
+    }
+}
+
+/// A JSON response built by the gateway itself.
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_maps_to_its_status() {
+        let o = ProjectIdentity {
+            id: Some(1),
+            path: Some("a/o".into()),
+        };
+        let t = ProjectIdentity {
+            id: Some(2),
+            path: None,
+        };
+        let cases = [
+            (GatewayError::Credentials(CredentialError::Conflicting), 400),
+            (
+                GatewayError::OutOfScope {
+                    origin: o.clone(),
+                    target: t.clone(),
+                    limit: Limit::Inbound,
+                },
+                403,
+            ),
+            (GatewayError::Unattributed { origin: o.clone() }, 403),
+            (GatewayError::InvalidToken, 401),
+            (GatewayError::ForgeUnavailable("timeout".into()), 503),
+            (GatewayError::UpstreamConnect("refused".into()), 502),
+            (GatewayError::UpstreamTimeout, 504),
+            (GatewayError::Upstream("reset".into()), 502),
+        ];
+        for (err, status) in cases {
+            let resp = err.to_response();
+            assert_eq!(resp.status().as_u16(), status, "{err}");
+            assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
+        }
+    }
+
+    #[test]
+    fn out_of_scope_message_names_origin_target_and_limit() {
+        let err = GatewayError::OutOfScope {
+            origin: ProjectIdentity {
+                id: Some(10),
+                path: Some("acme/bot".into()),
+            },
+            target: ProjectIdentity {
+                id: Some(12),
+                path: Some("other/app".into()),
+            },
+            limit: Limit::Outbound,
+        };
+        let msg = err.to_string();
+        assert!(
+            msg.contains("acme/bot") && msg.contains("other/app") && msg.contains("outbound"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn unavailable_carries_retry_after() {
+        let resp = GatewayError::ForgeUnavailable("x".into()).to_response();
+        assert_eq!(resp.headers()[header::RETRY_AFTER], RETRY_AFTER_SECS);
+    }
+}

@@ -1,0 +1,207 @@
+//! Forward: the request that was decided goes upstream, streamed, with hop-by-hop headers
+//! removed and `X-Forwarded-*` set; the response comes back the same way.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::error::GatewayError;
+use crate::metrics::Metrics;
+use crate::settings::{TimeoutSettings, Upstream};
+
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1, plus the legacy
+/// `Proxy-Connection` and `Keep-Alive`).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Remove hop-by-hop headers and every header the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Collect first: the names listed in Connection are removed after Connection itself.
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(PROXY_CONNECTION);
+}
+
+pub struct Forwarder {
+    client: Client<HttpConnector, Incoming>,
+    upstream: Upstream,
+    response_timeout: Duration,
+}
+
+impl Forwarder {
+    pub fn new(upstream: Upstream, timeouts: &TimeoutSettings) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(timeouts.upstream_connect));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(timeouts.upstream_idle)
+            .pool_max_idle_per_host(1024)
+            .build(connector);
+        Forwarder {
+            client,
+            upstream,
+            response_timeout: timeouts.upstream_response,
+        }
+    }
+
+    /// Send `req` upstream with `path_and_query` as its target. The body streams as it arrives.
+    pub async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        path_and_query: &str,
+        client_addr: SocketAddr,
+        metrics: &Metrics,
+    ) -> Result<Response<Incoming>, GatewayError> {
+        let uri = Uri::builder()
+            .scheme(self.upstream.scheme.clone())
+            .authority(self.upstream.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|e| GatewayError::Upstream(format!("cannot build the upstream URI: {e}")))?;
+        let client_host = req.headers().get(header::HOST).cloned().or_else(|| {
+            req.uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        *req.uri_mut() = uri;
+        // The upstream side always speaks HTTP/1.1 (the pooled client picks per connection).
+        *req.version_mut() = http::Version::HTTP_11;
+        let headers = req.headers_mut();
+        strip_hop_by_hop(headers);
+        if let Some(host) = client_host {
+            headers.insert(header::HOST, host.clone());
+            headers.insert(X_FORWARDED_HOST, host);
+        }
+        // Replace whatever the client claimed: only the gateway knows who connected.
+        headers.insert(X_FORWARDED_FOR, ip_header(client_addr));
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+
+        let resp = match tokio::time::timeout(self.response_timeout, self.client.request(req)).await
+        {
+            Err(_) => {
+                metrics.upstream_error("timeout");
+                return Err(GatewayError::UpstreamTimeout);
+            }
+            Ok(Err(e)) if e.is_connect() => {
+                metrics.upstream_error("connect_error");
+                return Err(GatewayError::UpstreamConnect(error_chain(&e)));
+            }
+            Ok(Err(e)) => {
+                metrics.upstream_error("error");
+                return Err(GatewayError::Upstream(error_chain(&e)));
+            }
+            Ok(Ok(resp)) => resp,
+        };
+        metrics.upstream_status(resp.status());
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(parts, body))
+    }
+}
+
+fn ip_header(addr: SocketAddr) -> HeaderValue {
+    // An IP address is always a valid header value.
+    HeaderValue::from_str(&addr.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// Compose the upstream request target: the raw path with the project id segment replaced when
+/// a rewrite applies, then the query exactly as received.
+pub fn upstream_target(
+    path: &str,
+    rewrite: Option<(std::ops::Range<usize>, u64)>,
+    query: Option<&str>,
+) -> String {
+    let mut out = String::with_capacity(path.len() + query.map_or(0, |q| q.len() + 1) + 8);
+    match rewrite {
+        Some((span, id)) if path.get(span.clone()).is_some() => {
+            out.push_str(&path[..span.start]);
+            let _ = write!(out, "{id}");
+            out.push_str(&path[span.end..]);
+        }
+        _ => out.push_str(path),
+    }
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_listed_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert("proxy-connection", HeaderValue::from_static("close"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn upstream_target_rewrites_only_the_span() {
+        let path = "/api/v4/projects/acme%2Fapp/merge_requests";
+        assert_eq!(
+            upstream_target(path, Some((17..27, 12)), Some("a=1")),
+            "/api/v4/projects/12/merge_requests?a=1"
+        );
+        assert_eq!(upstream_target(path, None, None), path);
+        // A span that does not fit the path is ignored rather than panicking.
+        assert_eq!(upstream_target("/x", Some((5..9, 1)), None), "/x");
+    }
+}

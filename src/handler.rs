@@ -1,0 +1,317 @@
+//! The request's way through the gateway: credentials → origin → target → decide → forward.
+//!
+//! `Gateway::handle` is the infallible outer handler (request id, error rendering, access log,
+//! metrics); `Gateway::enforce` is the fallible inner pipeline. Errors become responses in one
+//! place: `GatewayError::to_response`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+
+use crate::credentials::{self, JobToken};
+use crate::decide::{decide, Decision, Mode};
+use crate::error::GatewayError;
+use crate::forward::{upstream_target, Forwarder};
+use crate::metrics::Metrics;
+use crate::origin::{OriginError, OriginResolver, TokenKind};
+use crate::project::ProjectIdentity;
+use crate::snapshot::{PolicyStore, Snapshot};
+use crate::target::{self, RouteKind, Target};
+
+pub type ResponseBody = Either<Incoming, Full<Bytes>>;
+
+const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
+/// A job token's origin, as far as the gateway knows it.
+#[derive(Clone, Debug)]
+pub struct Origin {
+    pub project: ProjectIdentity,
+    /// The token's own job, when the forge said (runner routes `/api/v4/jobs/:id` use it).
+    pub job_id: Option<u64>,
+}
+
+/// What the access log line says about a request.
+#[derive(Default)]
+struct Outcome {
+    route: Option<RouteKind>,
+    origin: Option<ProjectIdentity>,
+    target: Option<ProjectIdentity>,
+    decision: &'static str,
+    reason: &'static str,
+}
+
+pub struct Gateway {
+    pub policy: Arc<PolicyStore>,
+    pub resolver: OriginResolver,
+    pub forwarder: Forwarder,
+    pub metrics: Arc<Metrics>,
+    pub mode: Mode,
+    pub prefixes: Vec<Box<str>>,
+    request_ids: RequestIds,
+}
+
+impl Gateway {
+    pub fn new(
+        policy: Arc<PolicyStore>,
+        resolver: OriginResolver,
+        forwarder: Forwarder,
+        metrics: Arc<Metrics>,
+        mode: Mode,
+        prefixes: Vec<Box<str>>,
+    ) -> Self {
+        Gateway {
+            policy,
+            resolver,
+            forwarder,
+            metrics,
+            mode,
+            prefixes,
+            request_ids: RequestIds::new(),
+        }
+    }
+
+    /// Outer handler: never fails; every response carries `X-Request-Id`.
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        client: SocketAddr,
+    ) -> Response<ResponseBody> {
+        let started = Instant::now();
+        let request_id = self.request_ids.next();
+        let method = req.method().clone();
+        let mut outcome = Outcome {
+            decision: "allow",
+            reason: "no_job_token",
+            ..Outcome::default()
+        };
+        let mut resp = match self.enforce(req, client, &mut outcome).await {
+            Ok(resp) => resp.map(Either::Left),
+            Err(err) => {
+                // The gateway's own 4xx answers are denials; 5xx are failures.
+                outcome.decision = if err.status().is_client_error() {
+                    "deny"
+                } else {
+                    "error"
+                };
+                outcome.reason = err.reason();
+                if err.status().is_server_error() {
+                    tracing::warn!(request_id = %request_id, error = %err, "request failed");
+                }
+                err.to_response().map(Either::Right)
+            }
+        };
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            resp.headers_mut().insert(X_REQUEST_ID, v);
+        }
+        let elapsed = started.elapsed();
+        self.metrics
+            .request(outcome.decision, outcome.reason, elapsed);
+        // Only bounded, token-free fields: never the URL (its query may carry credentials).
+        tracing::info!(
+            target: "scopegate::access",
+            request_id = %request_id,
+            method = %method,
+            route = outcome.route.map(RouteKind::as_str).unwrap_or("-"),
+            origin = %DisplayOpt(outcome.origin.as_ref()),
+            target = %DisplayOpt(outcome.target.as_ref()),
+            decision = outcome.decision,
+            reason = outcome.reason,
+            status = resp.status().as_u16(),
+            duration_us = elapsed.as_micros() as u64,
+        );
+        resp
+    }
+
+    /// Inner pipeline.
+    async fn enforce(
+        &self,
+        req: Request<Incoming>,
+        client: SocketAddr,
+        outcome: &mut Outcome,
+    ) -> Result<Response<Incoming>, GatewayError> {
+        let snapshot = self.policy.load();
+        let creds = credentials::extract(req.headers(), req.uri().query(), &self.prefixes)?;
+        let token = self.job_token(&snapshot, creds).await?;
+        let path = req.uri().path();
+        let query = req.uri().query();
+
+        let Some((token, origin)) = token else {
+            // No job token: personal, OAuth and anonymous traffic pass untouched.
+            let pq = upstream_target(path, None, query);
+            return self
+                .forwarder
+                .forward(req, &pq, client, &self.metrics)
+                .await;
+        };
+        drop(token);
+        outcome.origin = Some(origin.project.clone());
+
+        let target = target::parse(req.method(), path, query)?;
+        outcome.route = Some(target.kind());
+        let (target_identity, rewrite) = match &target {
+            Target::ProjectLess => {
+                outcome.reason = "project_less_route";
+                let pq = upstream_target(path, None, query);
+                return self
+                    .forwarder
+                    .forward(req, &pq, client, &self.metrics)
+                    .await;
+            }
+            Target::Unattributed => {
+                outcome.decision = "deny";
+                return Err(GatewayError::Unattributed {
+                    origin: origin.project,
+                });
+            }
+            Target::Job { job_id } if origin.job_id == Some(*job_id) => {
+                (origin.project.clone(), None)
+            }
+            Target::Job { .. } => {
+                outcome.decision = "deny";
+                return Err(GatewayError::Unattributed {
+                    origin: origin.project,
+                });
+            }
+            Target::Project {
+                project, id_span, ..
+            } => {
+                let identity = snapshot.policy.identify(project);
+                // Forward what was decided: a path the snapshot knows becomes its numeric id.
+                let rewrite = match (id_span, identity.id) {
+                    (Some(span), Some(id)) => Some((span.clone(), id)),
+                    _ => None,
+                };
+                (identity, rewrite)
+            }
+        };
+        outcome.target = Some(target_identity.clone());
+
+        let decision = decide(
+            &snapshot.policy,
+            self.mode,
+            &origin.project,
+            &target_identity,
+        );
+        outcome.decision = decision.label();
+        outcome.reason = decision.reason();
+        match decision {
+            Decision::Deny(limit) => {
+                return Err(GatewayError::OutOfScope {
+                    origin: origin.project,
+                    target: target_identity,
+                    limit,
+                });
+            }
+            Decision::WouldDeny(limit) => {
+                tracing::warn!(
+                    origin = %origin.project,
+                    target = %target_identity,
+                    limit = ?limit,
+                    "report-only: this request would be denied"
+                );
+            }
+            Decision::Allow(_) => {}
+        }
+        let pq = upstream_target(path, rewrite, query);
+        drop(snapshot);
+        self.forwarder
+            .forward(req, &pq, client, &self.metrics)
+            .await
+    }
+
+    /// The request's one job token and its origin, or None when it carries no job token.
+    async fn job_token(
+        &self,
+        snapshot: &Snapshot,
+        creds: credentials::Credentials,
+    ) -> Result<Option<(JobToken, Origin)>, GatewayError> {
+        let mut found: Option<(JobToken, Origin)> = None;
+        if let Some(token) = creds.job_token {
+            // An explicit or prefixed job token: the forge must know it, else 401.
+            match self.origin_of(snapshot, &token).await? {
+                Some(origin) => found = Some((token, origin)),
+                None => return Err(GatewayError::InvalidToken),
+            }
+        }
+        // Prefix-less values in shared carriers: job tokens only if the forge says so.
+        for candidate in creds.unclassified {
+            if let Some(origin) = self.origin_of(snapshot, &candidate).await? {
+                if found.as_ref().is_some_and(|(t, _)| *t != candidate) {
+                    return Err(credentials::CredentialError::Conflicting.into());
+                }
+                found = Some((candidate, origin));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Origin of a token: static `[[token]]` entries first, then the cache / forge.
+    /// Ok(None): the forge says it is not a (live) job token.
+    async fn origin_of(
+        &self,
+        snapshot: &Snapshot,
+        token: &JobToken,
+    ) -> Result<Option<Origin>, GatewayError> {
+        if let Some(project) = snapshot.policy.static_token(&token.sha256()) {
+            return Ok(Some(Origin {
+                project,
+                job_id: None,
+            }));
+        }
+        match self.resolver.resolve(token).await {
+            Ok(TokenKind::Job(job)) => Ok(Some(Origin {
+                project: snapshot
+                    .policy
+                    .identify_origin(job.project_id, job.project_path.as_deref()),
+                job_id: Some(job.job_id),
+            })),
+            Ok(TokenKind::NotJob) => Ok(None),
+            Err(OriginError::Unavailable(why)) => Err(GatewayError::ForgeUnavailable(why)),
+        }
+    }
+}
+
+struct DisplayOpt<'a>(Option<&'a ProjectIdentity>);
+
+impl std::fmt::Display for DisplayOpt<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(p) => write!(f, "{p}"),
+            None => f.write_str("-"),
+        }
+    }
+}
+
+/// Request ids: a per-process random prefix and a counter, unique and cheap.
+struct RequestIds {
+    prefix: u64,
+    counter: AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
+        RequestIds {
+            prefix: h.finish(),
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    fn next(&self) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!("{:016x}{:08x}", self.prefix, n)
+    }
+}

@@ -1,0 +1,185 @@
+//! Prometheus metrics. Labels carry bounded values only (decision, reason, route kind), never
+//! a token, a project path or a client address.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::{text::encode, EncodeLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    decision: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClassLabels {
+    class: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    duration: Histogram,
+    upstream: Family<ClassLabels, Counter>,
+    cache_hits: Counter,
+    cache_misses: Counter,
+    forge_lookups: Family<ResultLabels, Counter>,
+    forge_lookup_duration: Histogram,
+    reloads: Family<ResultLabels, Counter>,
+    generation: Gauge,
+    connections: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("scopegate");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests by decision and reason",
+            requests.clone(),
+        );
+        let duration = Histogram::new(exponential_buckets(0.0001, 2.5, 14));
+        registry.register(
+            "request_duration_seconds",
+            "Time from request head to response head",
+            duration.clone(),
+        );
+        let upstream = Family::<ClassLabels, Counter>::default();
+        registry.register(
+            "upstream_responses",
+            "Upstream responses by status class, and errors",
+            upstream.clone(),
+        );
+        let cache_hits = Counter::default();
+        registry.register(
+            "origin_cache_hits",
+            "Token origins answered from the cache",
+            cache_hits.clone(),
+        );
+        let cache_misses = Counter::default();
+        registry.register(
+            "origin_cache_misses",
+            "Token origins not in the cache",
+            cache_misses.clone(),
+        );
+        let forge_lookups = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "forge_lookups",
+            "GET /api/v4/job calls by result",
+            forge_lookups.clone(),
+        );
+        let forge_lookup_duration = Histogram::new(exponential_buckets(0.001, 2.5, 10));
+        registry.register(
+            "forge_lookup_duration_seconds",
+            "Time the forge took to answer GET /api/v4/job",
+            forge_lookup_duration.clone(),
+        );
+        let reloads = Family::<ResultLabels, Counter>::default();
+        registry.register("reloads", "Scope file reloads by result", reloads.clone());
+        let generation = Gauge::default();
+        registry.register(
+            "policy_generation",
+            "Generation of the scope snapshot in force",
+            generation.clone(),
+        );
+        let connections = Gauge::default();
+        registry.register(
+            "open_connections",
+            "Client connections open on the main listener",
+            connections.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            duration,
+            upstream,
+            cache_hits,
+            cache_misses,
+            forge_lookups,
+            forge_lookup_duration,
+            reloads,
+            generation,
+            connections,
+        }
+    }
+
+    pub fn request(&self, decision: &'static str, reason: &'static str, elapsed: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels { decision, reason })
+            .inc();
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn upstream_status(&self, status: http::StatusCode) {
+        let class = match status.as_u16() {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.upstream.get_or_create(&ClassLabels { class }).inc();
+    }
+
+    pub fn upstream_error(&self, kind: &'static str) {
+        self.upstream
+            .get_or_create(&ClassLabels { class: kind })
+            .inc();
+    }
+
+    pub fn origin_cache_hit(&self) {
+        self.cache_hits.inc();
+    }
+
+    pub fn origin_cache_miss(&self) {
+        self.cache_misses.inc();
+    }
+
+    pub fn forge_lookup(&self, result: &'static str, elapsed: Duration) {
+        self.forge_lookups
+            .get_or_create(&ResultLabels { result })
+            .inc();
+        self.forge_lookup_duration.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn reload(&self, ok: bool, generation: u64) {
+        let result = if ok { "success" } else { "failure" };
+        self.reloads.get_or_create(&ResultLabels { result }).inc();
+        self.generation
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
+    }
+
+    pub fn connection_opened(&self) {
+        self.connections.inc();
+    }
+
+    pub fn connection_closed(&self) {
+        self.connections.dec();
+    }
+
+    /// Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

@@ -1,0 +1,366 @@
+//! A small stand-in forge: enough of GitLab's API for the demo and the tests.
+//!
+//! It answers `GET /api/v4/job` for the job tokens it was given (as GitLab does: `JOB-TOKEN`
+//! header, `job_token` parameter or `Authorization: Bearer`), and answers every other request
+//! with a JSON echo after reading (and hashing) the whole body, recording what it received so a
+//! test can assert what reached the upstream. `?download_bytes=N` streams N bytes back.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// A job the stand-in forge knows, and the token that job holds.
+#[derive(Clone, Debug)]
+pub struct StandinJob {
+    pub token: String,
+    pub job_id: u64,
+    pub project_id: u64,
+    pub project_path: String,
+}
+
+/// One request as the forge received it.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub method: String,
+    /// Path and query exactly as received.
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+    pub body_len: u64,
+    pub body_sha256: String,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// How `GET /api/v4/job` behaves (to test a failing or hanging forge).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum LookupMode {
+    Normal = 0,
+    Fail = 1,
+    Hang = 2,
+}
+
+#[derive(Default)]
+struct State {
+    jobs: HashMap<String, StandinJob>,
+    base_url: String,
+    recorded: Mutex<Vec<Recorded>>,
+    lookups: AtomicUsize,
+    lookup_mode: AtomicU8,
+    lookup_delay_ms: AtomicUsize,
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+pub struct Standin {
+    addr: SocketAddr,
+    state: Arc<State>,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Standin {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl Standin {
+    /// Start on `127.0.0.1:0` (or `addr`) and serve until dropped.
+    pub async fn start(jobs: Vec<StandinJob>) -> std::io::Result<Standin> {
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), jobs).await
+    }
+
+    pub async fn start_on(addr: SocketAddr, jobs: Vec<StandinJob>) -> std::io::Result<Standin> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(State {
+            jobs: jobs.into_iter().map(|j| (j.token.clone(), j)).collect(),
+            base_url: format!("http://{addr}"),
+            ..State::default()
+        });
+        let shutdown = CancellationToken::new();
+        tokio::spawn(accept_loop(listener, Arc::clone(&state), shutdown.clone()));
+        Ok(Standin {
+            addr,
+            state,
+            shutdown,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn url(&self) -> String {
+        self.state.base_url.clone()
+    }
+
+    /// Every non-lookup request received so far, in order of completion.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state
+            .recorded
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn clear(&self) {
+        if let Ok(mut r) = self.state.recorded.lock() {
+            r.clear();
+        }
+    }
+
+    /// How many `GET /api/v4/job` calls it answered (or started to).
+    pub fn job_lookups(&self) -> usize {
+        self.state.lookups.load(Ordering::SeqCst)
+    }
+
+    pub fn set_lookup_mode(&self, mode: LookupMode) {
+        self.state.lookup_mode.store(mode as u8, Ordering::SeqCst);
+    }
+
+    /// Make `GET /api/v4/job` slow, so that concurrent first requests overlap.
+    pub fn set_lookup_delay(&self, delay: Duration) {
+        let ms = usize::try_from(delay.as_millis()).unwrap_or(usize::MAX);
+        self.state.lookup_delay_ms.store(ms, Ordering::SeqCst);
+    }
+}
+
+async fn accept_loop(listener: TcpListener, state: Arc<State>, shutdown: CancellationToken) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let Ok((stream, _)) = accepted else { continue };
+        let state = Arc::clone(&state);
+        let service = service_fn(move |req| {
+            let state = Arc::clone(&state);
+            async move { Ok::<_, Infallible>(serve(&state, req).await) }
+        });
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = conn => {}
+                _ = shutdown.cancelled() => {}
+            }
+        });
+    }
+}
+
+fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(value.to_string())).boxed());
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+}
+
+async fn serve(state: &State, req: Request<Incoming>) -> Response<Body> {
+    if req.uri().path() == "/api/v4/job" && req.method() == http::Method::GET {
+        return job_lookup(state, &req).await;
+    }
+    let method = req.method().to_string();
+    let target = req
+        .uri()
+        .path_and_query()
+        .map(|pq| pq.as_str().to_string())
+        .unwrap_or_default();
+    let headers = req
+        .headers()
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let download =
+        query_param(req.uri().query(), "download_bytes").and_then(|n| n.parse::<u64>().ok());
+    // Read the whole body as a stream: hash it, never hold it.
+    let mut body = req.into_body();
+    let mut hasher = Sha256::new();
+    let mut body_len = 0u64;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Some(data) = frame.data_ref() {
+                    hasher.update(data);
+                    body_len += data.len() as u64;
+                }
+            }
+            Err(_) => {
+                return json(
+                    StatusCode::BAD_REQUEST,
+                    serde_json::json!({"message": "body read failed"}),
+                )
+            }
+        }
+    }
+    let body_sha256 = hex::encode(hasher.finalize());
+    let echo = serde_json::json!({
+        "method": method,
+        "target": target,
+        "body_len": body_len,
+        "body_sha256": body_sha256,
+    });
+    if let Ok(mut r) = state.recorded.lock() {
+        r.push(Recorded {
+            method,
+            target,
+            headers,
+            body_len,
+            body_sha256,
+        });
+    }
+    match download {
+        Some(n) => download_response(n),
+        None => json(StatusCode::OK, echo),
+    }
+}
+
+/// The byte at offset `i` of a download: a fixed pattern, so a client can check the hash.
+pub fn download_pattern_chunk(offset: u64, len: usize) -> Vec<u8> {
+    (0..len as u64)
+        .map(|i| ((offset + i) % 251) as u8)
+        .collect()
+}
+
+fn download_response(total: u64) -> Response<Body> {
+    const CHUNK: usize = 64 * 1024;
+    let stream = pattern_stream(total, CHUNK);
+    let mut resp = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+    resp.headers_mut()
+        .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(total));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/octet-stream"),
+    );
+    resp
+}
+
+fn pattern_stream(
+    total: u64,
+    chunk: usize,
+) -> impl futures_core::Stream<Item = Result<Frame<Bytes>, Infallible>> + Send {
+    // One pattern block, sliced at the right phase for every chunk: no per-chunk allocation.
+    let block = Bytes::from(download_pattern_chunk(0, chunk + 251));
+    let mut sent = 0u64;
+    FnStream(move || {
+        if sent >= total {
+            return None;
+        }
+        let n = chunk.min((total - sent) as usize);
+        let phase = (sent % 251) as usize;
+        let data = block.slice(phase..phase + n);
+        sent += n as u64;
+        Some(Ok(Frame::data(data)))
+    })
+}
+
+/// A stream from a closure (avoids pulling in a stream combinator crate).
+struct FnStream<F>(F);
+
+impl<F> futures_core::Stream for FnStream<F>
+where
+    F: FnMut() -> Option<Result<Frame<Bytes>, Infallible>> + Unpin,
+{
+    type Item = Result<Frame<Bytes>, Infallible>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::task::Poll::Ready((self.0)())
+    }
+}
+
+async fn job_lookup(state: &State, req: &Request<Incoming>) -> Response<Body> {
+    state.lookups.fetch_add(1, Ordering::SeqCst);
+    let delay = state.lookup_delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay as u64)).await;
+    }
+    match state.lookup_mode.load(Ordering::SeqCst) {
+        1 => {
+            return json(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                serde_json::json!({"message": "500 Internal Server Error"}),
+            )
+        }
+        2 => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        _ => {}
+    }
+    let headers = req.headers();
+    let token = headers
+        .get("job-token")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| query_param(req.uri().query(), "job_token"))
+        .or_else(|| {
+            headers
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+        });
+    let Some(job) = token.and_then(|t| state.jobs.get(t)) else {
+        return json(
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!({"message": "401 Unauthorized"}),
+        );
+    };
+    let base = &state.base_url;
+    json(
+        StatusCode::OK,
+        serde_json::json!({
+            "id": job.job_id,
+            "status": "running",
+            "stage": "test",
+            "name": "remediate",
+            "ref": "main",
+            "web_url": format!("{base}/{}/-/jobs/{}", job.project_path, job.job_id),
+            "pipeline": {
+                "id": job.job_id + 1000,
+                "project_id": job.project_id,
+                "ref": "main",
+                "status": "running",
+                "web_url": format!("{base}/{}/-/pipelines/{}", job.project_path, job.job_id + 1000),
+            },
+            "project": {"ci_job_token_scope_enabled": false},
+        }),
+    )
+}

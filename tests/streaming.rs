@@ -1,0 +1,159 @@
+//! 256 MiB up and down through the gateway binary with an allowed token, checked by hash, while
+//! the gateway's peak memory stays under 64 MiB: bodies stream, they are never buffered whole.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::convert::Infallible;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::scopes::MATRIX;
+use common::*;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use sha2::{Digest, Sha256};
+
+const SIZE: u64 = 256 * 1024 * 1024;
+const CHUNK: usize = 256 * 1024;
+const PEAK_LIMIT_KIB: u64 = 64 * 1024;
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+struct Upload {
+    sent: u64,
+    block: Bytes,
+}
+
+impl futures_core::Stream for Upload {
+    type Item = Result<Frame<Bytes>, Infallible>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        if self.sent >= SIZE {
+            return std::task::Poll::Ready(None);
+        }
+        let n = CHUNK.min((SIZE - self.sent) as usize);
+        self.sent += n as u64;
+        let chunk = self.block.slice(..n);
+        std::task::Poll::Ready(Some(Ok(Frame::data(chunk))))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_bodies_stream_in_bounded_memory() {
+    let forge = scopegate::standin::Standin::start(jobs()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let scopes = dir.path().join("scopes.toml");
+    std::fs::write(&scopes, MATRIX).unwrap();
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_scopegate"))
+        .args([
+            "run",
+            "--listen",
+            &listen,
+            "--admin",
+            &admin,
+            "--upstream",
+            &forge.url(),
+        ])
+        .arg("--scopes")
+        .arg(&scopes)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::combinators::BoxBody<Bytes, Infallible>>();
+    let ready_url = format!("http://{admin}/-/ready");
+    let ready = eventually(Duration::from_secs(20), || {
+        let req = http::Request::get(ready_url.as_str())
+            .body(http_body_util::Empty::new().boxed())
+            .unwrap();
+        let fut = client.request(req);
+        async move { matches!(fut.await, Ok(r) if r.status() == 200) }
+    })
+    .await;
+    assert!(ready, "gateway ready");
+
+    // Upload: the forge hashes what it received.
+    let block = Bytes::from((0..CHUNK).map(|i| (i % 253) as u8).collect::<Vec<u8>>());
+    let mut expected = Sha256::new();
+    let mut sent = 0u64;
+    while sent < SIZE {
+        let n = CHUNK.min((SIZE - sent) as usize);
+        expected.update(&block[..n]);
+        sent += n as u64;
+    }
+    let expected = hex::encode(expected.finalize());
+    let body = StreamBody::new(Upload { sent: 0, block }).boxed();
+    let req = http::Request::put(format!(
+        "http://{listen}/api/v4/projects/12/packages/generic/big/1.0/blob.bin"
+    ))
+    .header("JOB-TOKEN", BOT)
+    .header("content-length", SIZE)
+    .body(body)
+    .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let echo: serde_json::Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(echo["body_len"], SIZE);
+    assert_eq!(echo["body_sha256"], expected.as_str());
+
+    // Download: hash what arrives, chunk by chunk.
+    let req = http::Request::get(format!(
+        "http://{listen}/api/v4/projects/12/jobs/artifacts/main/download?job=build&download_bytes={SIZE}"
+    ))
+    .header("JOB-TOKEN", BOT)
+    .body(http_body_util::Empty::new().boxed())
+    .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut got = Sha256::new();
+    let mut received = 0u64;
+    while let Some(frame) = body.frame().await {
+        if let Some(data) = frame.unwrap().data_ref() {
+            got.update(data);
+            received += data.len() as u64;
+        }
+    }
+    assert_eq!(received, SIZE);
+    let mut want = Sha256::new();
+    let mut off = 0u64;
+    while off < SIZE {
+        let n = (1 << 20).min(SIZE - off) as usize;
+        want.update(scopegate::standin::download_pattern_chunk(off, n));
+        off += n as u64;
+    }
+    assert_eq!(hex::encode(got.finalize()), hex::encode(want.finalize()));
+
+    let peak = peak_rss_kib(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(peak > 0, "could read the gateway's peak memory");
+    assert!(
+        peak < PEAK_LIMIT_KIB,
+        "gateway peak RSS {peak} KiB while streaming 2 x 256 MiB"
+    );
+}
