@@ -31,6 +31,9 @@ pub enum GatewayError {
     #[error("CI/CD job token of {origin} may not be used on this route: the gateway cannot tell which project it acts on")]
     Unattributed { origin: ProjectIdentity },
 
+    #[error("the request target is longer than {0} bytes")]
+    UriTooLong(usize),
+
     #[error("invalid or expired CI/CD job token")]
     InvalidToken,
 
@@ -65,6 +68,7 @@ impl GatewayError {
             GatewayError::OutOfScope { .. } | GatewayError::Unattributed { .. } => {
                 StatusCode::FORBIDDEN
             }
+            GatewayError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             GatewayError::InvalidToken => StatusCode::UNAUTHORIZED,
             GatewayError::ForgeUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamConnect(_) | GatewayError::Upstream(_) => StatusCode::BAD_GATEWAY,
@@ -87,6 +91,7 @@ impl GatewayError {
                 ..
             } => "inbound_limit",
             GatewayError::Unattributed { .. } => "unattributed_route",
+            GatewayError::UriTooLong(_) => "uri_too_long",
             GatewayError::InvalidToken => "invalid_token",
             GatewayError::ForgeUnavailable(_) => "forge_unavailable",
             GatewayError::UpstreamConnect(_) => "upstream_connect",

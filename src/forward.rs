@@ -6,10 +6,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, Uri};
+use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
@@ -97,8 +97,15 @@ impl Forwarder {
         *req.uri_mut() = uri;
         // The upstream side always speaks HTTP/1.1 (the pooled client picks per connection).
         *req.version_mut() = http::Version::HTTP_11;
+        let upgrade = requested_upgrade(req.headers());
+        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let headers = req.headers_mut();
         strip_hop_by_hop(headers);
+        if let Some(protocol) = &upgrade {
+            // Passed on only now that the request was decided; the tunnel opens on 101.
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, protocol.clone());
+        }
         if let Some(host) = client_host {
             headers.insert(header::HOST, host.clone());
             headers.insert(X_FORWARDED_HOST, host);
@@ -107,26 +114,76 @@ impl Forwarder {
         headers.insert(X_FORWARDED_FOR, ip_header(client_addr));
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
 
-        let resp = match tokio::time::timeout(self.response_timeout, self.client.request(req)).await
-        {
-            Err(_) => {
-                metrics.upstream_error("timeout");
-                return Err(GatewayError::UpstreamTimeout);
-            }
-            Ok(Err(e)) if e.is_connect() => {
-                metrics.upstream_error("connect_error");
-                return Err(GatewayError::UpstreamConnect(error_chain(&e)));
-            }
-            Ok(Err(e)) => {
+        let mut resp =
+            match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
+                Err(_) => {
+                    metrics.upstream_error("timeout");
+                    return Err(GatewayError::UpstreamTimeout);
+                }
+                Ok(Err(e)) if e.is_connect() => {
+                    metrics.upstream_error("connect_error");
+                    return Err(GatewayError::UpstreamConnect(error_chain(&e)));
+                }
+                Ok(Err(e)) => {
+                    metrics.upstream_error("error");
+                    return Err(GatewayError::Upstream(error_chain(&e)));
+                }
+                Ok(Ok(resp)) => resp,
+            };
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let (Some(client_upgrade), Some(protocol)) = (client_upgrade, upgrade) else {
                 metrics.upstream_error("error");
-                return Err(GatewayError::Upstream(error_chain(&e)));
-            }
-            Ok(Ok(resp)) => resp,
-        };
+                return Err(GatewayError::Upstream(
+                    "the upstream switched protocols without being asked".into(),
+                ));
+            };
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
+            metrics.upstream_status(resp.status());
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::UPGRADE, protocol);
+            return Ok(Response::from_parts(parts, body));
+        }
         metrics.upstream_status(resp.status());
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(parts, body))
+    }
+}
+
+/// The protocol a client asks to switch to, when it really asks (`Connection: upgrade` plus
+/// `Upgrade`). `h2c` is never passed on: the gateway would lose sight of the requests inside.
+fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asks = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let protocol = headers.get(header::UPGRADE)?;
+    let h2c = protocol.to_str().map_or(true, |p| {
+        p.split(',').any(|t| t.trim().eq_ignore_ascii_case("h2c"))
+    });
+    (asks && !h2c).then(|| protocol.clone())
+}
+
+/// Copy bytes both ways once both sides have switched protocols.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(error = %e, "upgraded connection ended with an error");
     }
 }
 

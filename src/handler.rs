@@ -51,9 +51,16 @@ pub struct Gateway {
     pub resolver: OriginResolver,
     pub forwarder: Forwarder,
     pub metrics: Arc<Metrics>,
-    pub mode: Mode,
-    pub prefixes: Vec<Box<str>>,
+    pub options: HandlerOptions,
     request_ids: RequestIds,
+}
+
+/// Per-request behaviour taken from the settings.
+pub struct HandlerOptions {
+    pub mode: Mode,
+    /// Job-token prefixes (`glcbt-` by default).
+    pub prefixes: Vec<Box<str>>,
+    pub max_url_bytes: usize,
 }
 
 impl Gateway {
@@ -62,16 +69,14 @@ impl Gateway {
         resolver: OriginResolver,
         forwarder: Forwarder,
         metrics: Arc<Metrics>,
-        mode: Mode,
-        prefixes: Vec<Box<str>>,
+        options: HandlerOptions,
     ) -> Self {
         Gateway {
             policy,
             resolver,
             forwarder,
             metrics,
-            mode,
-            prefixes,
+            options,
             request_ids: RequestIds::new(),
         }
     }
@@ -135,8 +140,12 @@ impl Gateway {
         client: SocketAddr,
         outcome: &mut Outcome,
     ) -> Result<Response<Incoming>, GatewayError> {
+        let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+        if target_len > self.options.max_url_bytes {
+            return Err(GatewayError::UriTooLong(self.options.max_url_bytes));
+        }
         let snapshot = self.policy.load();
-        let creds = credentials::extract(req.headers(), req.uri().query(), &self.prefixes)?;
+        let creds = credentials::extract(req.headers(), req.uri().query(), &self.options.prefixes)?;
         let token = self.job_token(&snapshot, creds).await?;
         let path = req.uri().path();
         let query = req.uri().query();
@@ -194,7 +203,7 @@ impl Gateway {
 
         let decision = decide(
             &snapshot.policy,
-            self.mode,
+            self.options.mode,
             &origin.project,
             &target_identity,
         );

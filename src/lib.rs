@@ -28,7 +28,6 @@ pub mod telemetry;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -36,15 +35,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::Admin;
 use crate::forward::Forwarder;
-use crate::handler::Gateway;
+use crate::handler::{Gateway, HandlerOptions};
 use crate::metrics::Metrics;
 use crate::origin::OriginResolver;
 use crate::scope::ScopeLimits;
 use crate::settings::Settings;
 use crate::snapshot::PolicyStore;
-
-/// How long in-flight requests may finish after SIGTERM.
-pub const DRAIN_DEADLINE: Duration = Duration::from_secs(25);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -115,18 +111,20 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     )
     .map_err(|e| StartError::Other(e.to_string()))?;
     let forwarder = Forwarder::new(upstream, &settings.timeouts);
-    let prefixes = settings
-        .job_token_prefixes
-        .iter()
-        .map(|p| p.clone().into_boxed_str())
-        .collect();
     let gateway = Arc::new(Gateway::new(
         Arc::clone(&store),
         resolver,
         forwarder,
         Arc::clone(&metrics),
-        settings.mode.into(),
-        prefixes,
+        HandlerOptions {
+            mode: settings.mode.into(),
+            prefixes: settings
+                .job_token_prefixes
+                .iter()
+                .map(|p| p.clone().into_boxed_str())
+                .collect(),
+            max_url_bytes: settings.limits.max_url_bytes,
+        },
     ));
 
     let main_listener = bind(settings.listen).await?;
@@ -151,21 +149,29 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         draining: Arc::new(AtomicBool::new(false)),
     });
     let options = server::ServerOptions {
-        header_read_timeout: settings.timeouts.request_header,
-        drain_deadline: DRAIN_DEADLINE,
+        timeouts: settings.timeouts.clone(),
+        limits: settings.limits.clone(),
     };
+    // The admin listener outlives the drain, so probes see `/-/ready` turn false rather than
+    // a refused connection.
+    let admin_stop = CancellationToken::new();
+    let main = tokio::spawn(server::serve(
+        main_listener,
+        gateway,
+        options,
+        shutdown.clone(),
+    ));
+    let admin_task = tokio::spawn(admin::serve(
+        admin_listener,
+        Arc::clone(&admin_state),
+        admin_stop.clone(),
+    ));
     let tasks = vec![
-        tokio::spawn(server::serve(
-            main_listener,
-            gateway,
-            options,
-            shutdown.clone(),
-        )),
-        tokio::spawn(admin::serve(
-            admin_listener,
-            Arc::clone(&admin_state),
-            shutdown.clone(),
-        )),
+        tokio::spawn(async move {
+            let _ = main.await;
+            admin_stop.cancel();
+        }),
+        admin_task,
     ];
     tracing::info!(%listen, admin = %admin_addr, "scopegate listening");
     Ok(Running {

@@ -164,7 +164,9 @@ impl Hasher for FoldHasher {
         if !rest.is_empty() {
             let mut word = [0u8; 8];
             word[..rest.len()].copy_from_slice(rest);
-            self.0 = fold(self.0 ^ u64::from_le_bytes(word) ^ MUL_B, MUL_A);
+            // The tail's length goes in the top byte, which its (at most 7) bytes leave free.
+            let tail = u64::from_le_bytes(word) ^ ((rest.len() as u64) << 56);
+            self.0 = fold(self.0 ^ tail ^ MUL_B, MUL_A);
         }
     }
     #[inline]
@@ -370,7 +372,8 @@ impl Hash for TokenDigest {
 }
 
 /// The compiled scope file. Immutable; share it behind an `Arc` and swap it whole on reload.
-#[derive(Debug)]
+///
+/// `Debug` prints a summary (digest, counts, defaults), never the entries or token digests.
 pub struct Policy {
     digest: String,
     defaults: Defaults,
@@ -380,6 +383,17 @@ pub struct Policy {
     tokens: HashMap<TokenDigest, ProjectIdentity>,
     default_outbound: LimitPolicy,
     default_inbound: LimitPolicy,
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("digest", &self.digest)
+            .field("projects", &self.projects.len())
+            .field("tokens", &self.tokens.len())
+            .field("defaults", &self.defaults)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `"sha256:<hex>"` of some bytes: how a policy names the file it was built from.
@@ -687,6 +701,11 @@ mod tests {
             Some(ProjectIdentity::from_ref(&ProjectRef::Id(77)))
         );
         assert_eq!(p.static_token(&d3), None);
+        let debug = format!("{p:?}");
+        assert!(
+            debug.contains("tokens: 2") && !debug.contains(&hex::encode(d1)),
+            "{debug}"
+        );
     }
 
     #[test]

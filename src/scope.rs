@@ -26,6 +26,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::ops::Range;
 use std::path::Path;
+use std::rc::Rc;
 
 use serde::de::{self, DeserializeOwned, Visitor};
 use serde::Deserialize;
@@ -445,8 +446,21 @@ fn every_error<'a, 'i, T: DeserializeOwned>(
 /// One allowlist entry kept for the second pass (warnings need the whole file).
 struct AllowRef {
     span: Range<usize>,
-    what: String,
+    dir: &'static str,
+    /// How the owning project is named in messages (shared by all its entries).
+    owner: Rc<str>,
     name: ProjectName,
+}
+
+impl AllowRef {
+    fn what(&self) -> String {
+        let whom = if self.dir == "outbound" {
+            "targets"
+        } else {
+            "origin projects"
+        };
+        format!("{} allow entry of {} ({whom}):", self.dir, self.owner)
+    }
 }
 
 /// How one project is listed, for messages and for the rule-7 warnings.
@@ -497,14 +511,14 @@ fn validate(
                     &r.span,
                     format!(
                         "{} {id} matches only requests that name project {id} by its id: its [[project]] entry (line {line}) has no path; add its `path` there so that requests naming it by path match too",
-                        r.what
+                        r.what()
                     ),
                 ),
                 None => ctx.warn(
                     &r.span,
                     format!(
                         "{} {id} matches only requests that name project {id} by its id: the file does not list its path; add a [[project]] with `id = {id}` and its `path` so that requests naming it by path match too",
-                        r.what
+                        r.what()
                     ),
                 ),
             },
@@ -514,14 +528,14 @@ fn validate(
                     &r.span,
                     format!(
                         "{} \"{p}\" matches only requests that name that project by its path: its [[project]] entry (line {line}) has no id; add its `id` there so that requests naming it by id match too",
-                        r.what
+                        r.what()
                     ),
                 ),
                 None => ctx.warn(
                     &r.span,
                     format!(
                         "{} \"{p}\" matches only requests that name that project by its path: the file does not list its id; add a [[project]] with `path = \"{p}\"` and its `id` so that requests naming it by id match too",
-                        r.what
+                        r.what()
                     ),
                 ),
             },
@@ -654,10 +668,10 @@ fn project(
             listing.paths.insert(p.clone(), (line, entry.id.is_some()));
         }
     }
-    let name = match (&path, id) {
-        (Some(p), _) => format!("\"{p}\""),
-        (None, Some(id)) => format!("project {id}"),
-        (None, None) => "this project".to_owned(),
+    let name: Rc<str> = match (&path, id) {
+        (Some(p), _) => format!("\"{p}\"").into(),
+        (None, Some(id)) => format!("project {id}").into(),
+        (None, None) => "this project".into(),
     };
     let mut spec = ProjectSpec::new(id, path.as_deref(), defaults);
     spec.line = Some(line);
@@ -699,22 +713,17 @@ fn project(
 
 #[allow(clippy::too_many_arguments)]
 fn limit_table(
-    dir: &str,
+    dir: &'static str,
     table: LimitTable,
     mut limit: LimitSpec,
     own_id: Option<u64>,
     own_path: Option<&str>,
-    name: &str,
+    name: &Rc<str>,
     limits: &ScopeLimits,
     allow_refs: &mut Vec<AllowRef>,
     ctx: &mut Ctx<'_>,
 ) -> Option<LimitSpec> {
     let mut ok = true;
-    let what = if dir == "outbound" {
-        "targets"
-    } else {
-        "origin projects"
-    };
     if let Some(over) = table.allow.get(limits.max_allowlist) {
         ctx.error(&over.span(), format!("the {dir} allow list of {name} has {} entries, more than max_allowlist ({}); remove entries, allow whole groups with allow_groups, or raise max_allowlist in the settings", table.allow.len(), limits.max_allowlist));
         ok = false;
@@ -753,7 +762,8 @@ fn limit_table(
         }
         allow_refs.push(AllowRef {
             span,
-            what: format!("{dir} allow entry of {name} ({what}):"),
+            dir,
+            owner: Rc::clone(name),
             name: entry,
         });
         limit.allow.push(r);

@@ -1,4 +1,5 @@
-//! The main listener: accept loop, per-connection HTTP/1.1 + HTTP/2 serving, graceful drain.
+//! The main listener: accept loop, per-connection HTTP/1.1 + HTTP/2 serving, limits, graceful
+//! drain.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -9,17 +10,44 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::handler::Gateway;
+use crate::settings::{LimitSettings, TimeoutSettings};
 
 /// How long the accept loop pauses after an accept error (EMFILE and friends) before retrying.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
+/// Dead HTTP/2 peers are found by pinging them this often.
+const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+
 pub struct ServerOptions {
-    pub header_read_timeout: Duration,
-    /// How long in-flight requests may run after shutdown starts.
-    pub drain_deadline: Duration,
+    pub timeouts: TimeoutSettings,
+    pub limits: LimitSettings,
+}
+
+fn connection_builder(options: &ServerOptions) -> auto::Builder<TokioExecutor> {
+    let limits = &options.limits;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // Slowloris guard; hyper restarts it for every request, so it also bounds keep-alive idleness.
+        .header_read_timeout(options.timeouts.request_header)
+        .max_buf_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(limits.h2_max_pending_accept_reset_streams)
+        .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(H2_KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(Duration::from_secs(20));
+    builder
 }
 
 /// Serve until `shutdown` fires, then stop accepting and drain open connections under the deadline.
@@ -30,15 +58,18 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(options.header_read_timeout)
-        .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+    let builder = connection_builder(&options);
+    // At the limit the loop stops accepting: new clients wait in the kernel's backlog.
+    let slots = Arc::new(Semaphore::new(options.limits.max_connections));
 
     loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            permit = Arc::clone(&slots).acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => accepted,
@@ -48,6 +79,7 @@ pub async fn serve(
             Err(e) => {
                 // Out of file descriptors and similar: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
+                drop(permit);
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }
@@ -69,11 +101,12 @@ pub async fn serve(
                 tracing::debug!(error = %e, "connection ended with an error");
             }
             metrics.connection_closed();
+            drop(permit);
         });
     }
     drop(listener);
     tokio::select! {
         _ = graceful.shutdown() => tracing::info!("all connections drained"),
-        _ = tokio::time::sleep(options.drain_deadline) => tracing::warn!("drain deadline reached; closing remaining connections"),
+        _ = tokio::time::sleep(options.timeouts.drain) => tracing::warn!("drain deadline reached; closing remaining connections"),
     }
 }

@@ -76,9 +76,13 @@ pub struct TimeoutSettings {
     /// Waiting for the upstream's response headers; past it the client gets 504.
     #[serde(with = "humantime_serde")]
     pub upstream_response: Duration,
-    /// Reading a request's headers (slowloris guard).
+    /// Reading a request's headers (slowloris guard). On HTTP/1.1 it also bounds how long a
+    /// keep-alive connection may sit idle waiting for its next request.
     #[serde(with = "humantime_serde")]
     pub request_header: Duration,
+    /// In-flight requests may finish for this long after SIGTERM.
+    #[serde(with = "humantime_serde")]
+    pub drain: Duration,
     /// Keep-alive connections idle longer than this are closed by the upstream pool.
     #[serde(with = "humantime_serde")]
     pub upstream_idle: Duration,
@@ -91,7 +95,42 @@ impl Default for TimeoutSettings {
             upstream_connect: Duration::from_secs(5),
             upstream_response: Duration::from_secs(60),
             request_header: Duration::from_secs(10),
+            drain: Duration::from_secs(25),
             upstream_idle: Duration::from_secs(50),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitSettings {
+    /// Open client connections; past it the listener stops accepting until one closes.
+    pub max_connections: usize,
+    /// Request line + headers, in bytes (HTTP/1.1 read buffer, HTTP/2 header list); past it: 431.
+    pub max_header_bytes: usize,
+    /// Header count (HTTP/1.1); past it: 431.
+    pub max_headers: usize,
+    /// Request target length in bytes; past it: 414.
+    pub max_url_bytes: usize,
+    /// Concurrent HTTP/2 streams per connection.
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2 streams reset by the client and not yet accepted (rapid-reset guard).
+    pub h2_max_pending_accept_reset_streams: usize,
+    /// HTTP/2 streams the gateway may reset per connection for protocol errors before it
+    /// closes the connection (reset-flood guard).
+    pub h2_max_local_error_reset_streams: usize,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        LimitSettings {
+            max_connections: 10_000,
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            max_url_bytes: 8 * 1024,
+            h2_max_concurrent_streams: 200,
+            h2_max_pending_accept_reset_streams: 20,
+            h2_max_local_error_reset_streams: 1024,
         }
     }
 }
@@ -112,6 +151,7 @@ pub struct Settings {
     pub max_allowlist: usize,
     pub cache: CacheSettings,
     pub timeouts: TimeoutSettings,
+    pub limits: LimitSettings,
     /// `human` or `json`.
     pub log_format: LogFormat,
 }
@@ -137,6 +177,7 @@ impl Default for Settings {
             max_allowlist: 200,
             cache: CacheSettings::default(),
             timeouts: TimeoutSettings::default(),
+            limits: LimitSettings::default(),
             log_format: LogFormat::Human,
         }
     }
@@ -190,6 +231,12 @@ impl Settings {
                 "job_token_prefixes: an empty prefix would make every credential a job token"
                     .into(),
             );
+        }
+        if self.limits.max_header_bytes < 8192 {
+            problems.push("limits.max_header_bytes must be at least 8192".into());
+        }
+        if self.limits.max_connections == 0 {
+            problems.push("limits.max_connections must be at least 1".into());
         }
         if self.max_allowlist == 0 {
             problems.push("max_allowlist must be at least 1".into());

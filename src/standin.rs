@@ -3,7 +3,10 @@
 //! It answers `GET /api/v4/job` for the job tokens it was given (as GitLab does: `JOB-TOKEN`
 //! header, `job_token` parameter or `Authorization: Bearer`), and answers every other request
 //! with a JSON echo after reading (and hashing) the whole body, recording what it received so a
-//! test can assert what reached the upstream. `?download_bytes=N` streams N bytes back.
+//! test can assert what reached the upstream. Test hooks in the query string:
+//! `download_bytes=N` streams N bytes back, `standin_reset_after=N` breaks the response body off
+//! after N bytes, `standin_delay_ms=N` answers late, `standin_hang=1` never answers; a request
+//! with `Upgrade` gets 101 and an echo of every byte on the upgraded connection.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -71,7 +74,7 @@ struct State {
     lookup_delay_ms: AtomicUsize,
 }
 
-type Body = BoxBody<Bytes, Infallible>;
+type Body = BoxBody<Bytes, std::io::Error>;
 
 pub struct Standin {
     addr: SocketAddr,
@@ -174,7 +177,11 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, shutdown: Cancell
 }
 
 fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from(value.to_string())).boxed());
+    let mut resp = Response::new(
+        Full::new(Bytes::from(value.to_string()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -189,7 +196,7 @@ fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
         .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
 }
 
-async fn serve(state: &State, req: Request<Incoming>) -> Response<Body> {
+async fn serve(state: &State, mut req: Request<Incoming>) -> Response<Body> {
     if req.uri().path() == "/api/v4/job" && req.method() == http::Method::GET {
         return job_lookup(state, &req).await;
     }
@@ -209,8 +216,34 @@ async fn serve(state: &State, req: Request<Incoming>) -> Response<Body> {
             )
         })
         .collect();
-    let download =
-        query_param(req.uri().query(), "download_bytes").and_then(|n| n.parse::<u64>().ok());
+    // Recorded on arrival, so that a request that reached the forge counts even if its body
+    // never completes.
+    let index = match state.recorded.lock() {
+        Ok(mut r) => {
+            r.push(Recorded {
+                method: method.clone(),
+                target: target.clone(),
+                headers,
+                body_len: 0,
+                body_sha256: String::new(),
+            });
+            r.len() - 1
+        }
+        Err(_) => usize::MAX,
+    };
+    let query = req.uri().query().map(str::to_string);
+    let query = query.as_deref();
+    if req.headers().contains_key(http::header::UPGRADE) {
+        return websocket_echo(&mut req);
+    }
+    if query_param(query, "standin_hang").is_some() {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+    if let Some(ms) = query_param(query, "standin_delay_ms").and_then(|n| n.parse::<u64>().ok()) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let download = query_param(query, "download_bytes").and_then(|n| n.parse::<u64>().ok());
+    let reset_after = query_param(query, "standin_reset_after").and_then(|n| n.parse::<u64>().ok());
     // Read the whole body as a stream: hash it, never hold it.
     let mut body = req.into_body();
     let mut hasher = Sha256::new();
@@ -239,18 +272,45 @@ async fn serve(state: &State, req: Request<Incoming>) -> Response<Body> {
         "body_sha256": body_sha256,
     });
     if let Ok(mut r) = state.recorded.lock() {
-        r.push(Recorded {
-            method,
-            target,
-            headers,
-            body_len,
-            body_sha256,
-        });
+        if let Some(rec) = r.get_mut(index) {
+            rec.body_len = body_len;
+            rec.body_sha256 = body_sha256;
+        }
     }
-    match download {
-        Some(n) => download_response(n),
-        None => json(StatusCode::OK, echo),
+    match (download, reset_after) {
+        (_, Some(n)) => download_response(n.saturating_mul(4).max(1 << 20), Some(n)),
+        (Some(n), None) => download_response(n, None),
+        (None, None) => json(StatusCode::OK, echo),
     }
+}
+
+/// Answers an upgrade with 101 and echoes every byte back on the upgraded connection.
+fn websocket_echo(req: &mut Request<Incoming>) -> Response<Body> {
+    let protocol = req.headers().get(http::header::UPGRADE).cloned();
+    let upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        if let Ok(upgraded) = upgrade.await {
+            let io = TokioIo::new(upgraded);
+            let (mut r, mut w) = tokio::io::split(io);
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+        }
+    });
+    let mut resp = Response::new(empty());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    if let Some(p) = protocol {
+        resp.headers_mut().insert(http::header::UPGRADE, p);
+    }
+    resp.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("upgrade"),
+    );
+    resp
+}
+
+fn empty() -> Body {
+    Full::new(Bytes::new())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// The byte at offset `i` of a download: a fixed pattern, so a client can check the hash.
@@ -260,9 +320,11 @@ pub fn download_pattern_chunk(offset: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
-fn download_response(total: u64) -> Response<Body> {
+/// Streams `total` pattern bytes; with `fail_after`, the body breaks off after that many bytes
+/// (an upstream that resets in the middle of a body).
+fn download_response(total: u64, fail_after: Option<u64>) -> Response<Body> {
     const CHUNK: usize = 64 * 1024;
-    let stream = pattern_stream(total, CHUNK);
+    let stream = pattern_stream(total, CHUNK, fail_after);
     let mut resp = Response::new(BodyExt::boxed(StreamBody::new(stream)));
     resp.headers_mut()
         .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(total));
@@ -273,14 +335,20 @@ fn download_response(total: u64) -> Response<Body> {
     resp
 }
 
+type Chunk = Result<Frame<Bytes>, std::io::Error>;
+
 fn pattern_stream(
     total: u64,
     chunk: usize,
-) -> impl futures_core::Stream<Item = Result<Frame<Bytes>, Infallible>> + Send {
+    fail_after: Option<u64>,
+) -> impl futures_core::Stream<Item = Chunk> + Send {
     // One pattern block, sliced at the right phase for every chunk: no per-chunk allocation.
     let block = Bytes::from(download_pattern_chunk(0, chunk + 251));
     let mut sent = 0u64;
     FnStream(move || {
+        if fail_after.is_some_and(|limit| sent >= limit) {
+            return Some(Err(std::io::Error::other("stand-in forge: reset mid-body")));
+        }
         if sent >= total {
             return None;
         }
@@ -297,9 +365,9 @@ struct FnStream<F>(F);
 
 impl<F> futures_core::Stream for FnStream<F>
 where
-    F: FnMut() -> Option<Result<Frame<Bytes>, Infallible>> + Unpin,
+    F: FnMut() -> Option<Chunk> + Unpin,
 {
-    type Item = Result<Frame<Bytes>, Infallible>;
+    type Item = Chunk;
     fn poll_next(
         mut self: std::pin::Pin<&mut Self>,
         _: &mut std::task::Context<'_>,
