@@ -149,11 +149,12 @@ impl OriginResolver {
             .header(http::header::USER_AGENT, "scopegate")
             .body(Empty::new())
             .map_err(|e| OriginError::Unavailable(e.to_string()))?;
-        let resp = self
-            .client
-            .request(req)
-            .await
-            .map_err(|e| OriginError::Unavailable(format!("cannot reach the forge: {e}")))?;
+        let resp = self.client.request(req).await.map_err(|e| {
+            OriginError::Unavailable(format!(
+                "cannot reach the forge: {}",
+                crate::forward::error_chain(&e)
+            ))
+        })?;
         match resp.status() {
             StatusCode::OK => {}
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND => {

@@ -502,6 +502,7 @@ async fn an_untrusted_upstream_certificate_gives_502_and_503() {
     assert!(r.text().contains("certificate"), "{}", r.text());
     let r = h.get(ALLOWED, &[("JOB-TOKEN", BOT)]).await;
     assert_eq!(r.status, 503, "origin lookup: {}", r.text());
+    assert!(r.text().contains("certificate"), "{}", r.text());
     assert!(r.headers.contains_key("retry-after"));
     assert!(h.forge.requests().is_empty());
     assert_eq!(h.forge.job_lookups(), 0);
