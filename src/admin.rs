@@ -17,12 +17,15 @@ use tokio_util::sync::CancellationToken;
 use crate::error::json_response;
 use crate::metrics::Metrics;
 use crate::snapshot::PolicyStore;
+use crate::tls::CertStore;
 
 pub struct Admin {
     pub policy: Arc<PolicyStore>,
     pub metrics: Arc<Metrics>,
     /// Set when shutdown starts: readiness turns false so load balancers stop sending.
     pub draining: Arc<AtomicBool>,
+    /// The main listener's certificate, when it terminates TLS.
+    pub tls: Option<Arc<CertStore>>,
 }
 
 impl Admin {
@@ -30,14 +33,35 @@ impl Admin {
         self.policy.is_loaded() && !self.draining.load(Ordering::Acquire)
     }
 
-    /// Reload the scope file and report the outcome in metrics.
+    /// Reload the scope file and the TLS certificate (each keeps its running version when its
+    /// files are bad) and report the outcome in metrics. Err names every failure.
     pub async fn reload(&self) -> Result<serde_json::Value, String> {
         let result = self.policy.reload().await;
         let generation = self.policy.load().generation;
         self.metrics.reload(result.is_ok(), generation);
-        result
-            .map(|_| self.policy.describe())
-            .map_err(|e| e.to_string())
+        let mut problems = Vec::new();
+        if let Err(e) = result {
+            problems.push(e.to_string());
+        }
+        if let Some(tls) = &self.tls {
+            if let Err(e) = tls.reload() {
+                problems.push(format!("{e} (the running certificate stays)"));
+            }
+        }
+        if problems.is_empty() {
+            Ok(self.describe())
+        } else {
+            Err(problems.join("\n"))
+        }
+    }
+
+    /// `/-/policy`: the snapshot's description, plus `tls` when the listener terminates TLS.
+    pub fn describe(&self) -> serde_json::Value {
+        let mut doc = self.policy.describe();
+        if let (Some(tls), Some(obj)) = (&self.tls, doc.as_object_mut()) {
+            obj.insert("tls".into(), tls.describe());
+        }
+        doc
     }
 
     async fn route(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -54,12 +78,12 @@ impl Admin {
                 };
                 json_response(status, &serde_json::json!({"ready": ready}))
             }
-            (&Method::GET, "/-/policy") => json_response(StatusCode::OK, &self.policy.describe()),
+            (&Method::GET, "/-/policy") => json_response(StatusCode::OK, &self.describe()),
             (&Method::POST, "/-/reload") => match self.reload().await {
                 Ok(doc) => json_response(StatusCode::OK, &doc),
                 Err(message) => json_response(
                     StatusCode::UNPROCESSABLE_ENTITY,
-                    &serde_json::json!({"message": message, "policy": self.policy.describe()}),
+                    &serde_json::json!({"message": message, "policy": self.describe()}),
                 ),
             },
             (&Method::GET, "/metrics") => {

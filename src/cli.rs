@@ -55,6 +55,12 @@ pub struct RunArgs {
     /// `enforce` or `report`.
     #[arg(long, value_parser = parse_mode)]
     pub mode: Option<ModeSetting>,
+    /// PEM certificate chain: the main listener terminates TLS (with --tls-key).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -78,6 +84,12 @@ impl RunArgs {
         }
         if let Some(v) = self.mode {
             s.mode = v;
+        }
+        if let Some(v) = &self.tls_cert {
+            s.tls.cert = Some(v.clone());
+        }
+        if let Some(v) = &self.tls_key {
+            s.tls.key = Some(v.clone());
         }
         Ok(s)
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
@@ -52,17 +53,39 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(PROXY_CONNECTION);
 }
 
+/// How the client reached the gateway: the listener's scheme (`X-Forwarded-Proto`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientScheme {
+    Http,
+    Https,
+}
+
+impl ClientScheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientScheme::Http => "http",
+            ClientScheme::Https => "https",
+        }
+    }
+}
+
+/// One client connection: who connected and over what.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientConn {
+    pub addr: SocketAddr,
+    pub scheme: ClientScheme,
+}
+
 pub struct Forwarder {
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpsConnector<HttpConnector>, Incoming>,
     upstream: Upstream,
     response_timeout: Duration,
 }
 
 impl Forwarder {
-    pub fn new(upstream: Upstream, timeouts: &TimeoutSettings) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(timeouts.upstream_connect));
-        connector.set_nodelay(true);
+    /// `tls` is used when the upstream is `https://`.
+    pub fn new(upstream: Upstream, timeouts: &TimeoutSettings, tls: rustls::ClientConfig) -> Self {
+        let connector = crate::tls::https_connector(tls, timeouts.upstream_connect);
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(timeouts.upstream_idle)
@@ -80,7 +103,7 @@ impl Forwarder {
         &self,
         mut req: Request<Incoming>,
         path_and_query: &str,
-        client_addr: SocketAddr,
+        client: ClientConn,
         metrics: &Metrics,
     ) -> Result<Response<Incoming>, GatewayError> {
         let uri = Uri::builder()
@@ -110,9 +133,19 @@ impl Forwarder {
             headers.insert(header::HOST, host.clone());
             headers.insert(X_FORWARDED_HOST, host);
         }
+        if self.upstream.scheme == http::uri::Scheme::HTTPS {
+            // A TLS upstream checks Host against the name it was reached by (SNI, its virtual
+            // host): send its own; the client's stays in X-Forwarded-Host.
+            if let Ok(host) = HeaderValue::from_str(self.upstream.authority.as_str()) {
+                headers.insert(header::HOST, host);
+            }
+        }
         // Replace whatever the client claimed: only the gateway knows who connected.
-        headers.insert(X_FORWARDED_FOR, ip_header(client_addr));
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        headers.insert(X_FORWARDED_FOR, ip_header(client.addr));
+        headers.insert(
+            X_FORWARDED_PROTO,
+            HeaderValue::from_static(client.scheme.as_str()),
+        );
 
         let mut resp =
             match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
@@ -192,7 +225,8 @@ fn ip_header(addr: SocketAddr) -> HeaderValue {
     HeaderValue::from_str(&addr.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"))
 }
 
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+/// An error and its sources, `a: b: c` (hyper's own message alone says little).
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -4,7 +4,6 @@
 //! metrics); `Gateway::enforce` is the fallible inner pipeline. Errors become responses in one
 //! place: `GatewayError::to_response`.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,7 +16,7 @@ use hyper::body::Incoming;
 use crate::credentials::{self, JobToken};
 use crate::decide::{decide, Decision, Mode};
 use crate::error::GatewayError;
-use crate::forward::{upstream_target, Forwarder};
+use crate::forward::{upstream_target, ClientConn, Forwarder};
 use crate::metrics::Metrics;
 use crate::origin::{OriginError, OriginResolver, TokenKind};
 use crate::project::ProjectIdentity;
@@ -85,7 +84,7 @@ impl Gateway {
     pub async fn handle(
         &self,
         req: Request<Incoming>,
-        client: SocketAddr,
+        client: ClientConn,
     ) -> Response<ResponseBody> {
         let started = Instant::now();
         let request_id = self.request_ids.next();
@@ -137,7 +136,7 @@ impl Gateway {
     async fn enforce(
         &self,
         req: Request<Incoming>,
-        client: SocketAddr,
+        client: ClientConn,
         outcome: &mut Outcome,
     ) -> Result<Response<Incoming>, GatewayError> {
         let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());

@@ -24,6 +24,7 @@ pub mod snapshot;
 pub mod standin;
 pub mod target;
 pub mod telemetry;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,6 +42,7 @@ use crate::origin::OriginResolver;
 use crate::scope::ScopeLimits;
 use crate::settings::Settings;
 use crate::snapshot::PolicyStore;
+use crate::tls::CertStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -48,6 +50,8 @@ pub enum StartError {
     Settings(#[from] settings::SettingsError),
     #[error("{0}")]
     Scopes(#[from] scope::ScopeError),
+    #[error("{0}")]
+    Tls(#[from] tls::TlsError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -102,15 +106,32 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     metrics.reload(first.is_ok(), store.load().generation);
     first?;
 
+    let upstream_tls = settings.upstream_tls().client_config()?;
+    let cert_store = match settings.listener_tls() {
+        Some((cert, key)) => Some(Arc::new(CertStore::load(
+            cert.to_path_buf(),
+            key.to_path_buf(),
+        )?)),
+        None => None,
+    };
+    let listener_tls = match &cert_store {
+        Some(store) => Some(server::TlsOptions {
+            acceptor: tokio_rustls::TlsAcceptor::from(tls::server_config(Arc::clone(store))?),
+            handshake_timeout: settings.tls.handshake_timeout,
+        }),
+        None => None,
+    };
+
     let resolver = OriginResolver::new(
         &upstream,
         settings.forge_external_url(),
         &settings.cache,
         settings.timeouts.forge_lookup,
         Arc::clone(&metrics),
+        upstream_tls.clone(),
     )
     .map_err(|e| StartError::Other(e.to_string()))?;
-    let forwarder = Forwarder::new(upstream, &settings.timeouts);
+    let forwarder = Forwarder::new(upstream, &settings.timeouts, upstream_tls);
     let gateway = Arc::new(Gateway::new(
         Arc::clone(&store),
         resolver,
@@ -147,10 +168,17 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         policy: store,
         metrics,
         draining: Arc::new(AtomicBool::new(false)),
+        tls: cert_store,
     });
+    let scheme = if listener_tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let options = server::ServerOptions {
         timeouts: settings.timeouts.clone(),
         limits: settings.limits.clone(),
+        tls: listener_tls,
     };
     // The admin listener outlives the drain, so probes see `/-/ready` turn false rather than
     // a refused connection.
@@ -173,7 +201,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         }),
         admin_task,
     ];
-    tracing::info!(%listen, admin = %admin_addr, "scopegate listening");
+    tracing::info!(%listen, scheme, admin = %admin_addr, "scopegate listening");
     Ok(Running {
         listen,
         admin: admin_addr,
@@ -200,7 +228,7 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
     loop {
         tokio::select! {
             _ = hup.recv() => {
-                tracing::info!("SIGHUP: reloading the scope file");
+                tracing::info!("SIGHUP: reloading the scope file and the TLS certificate");
                 let _ = running.admin_state.reload().await;
             }
             _ = term.recv() => {

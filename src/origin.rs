@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty, Limited};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use moka::future::Cache;
@@ -63,7 +64,7 @@ impl moka::Expiry<[u8; 32], TokenKind> for TtlByKind {
 
 pub struct OriginResolver {
     cache: Cache<[u8; 32], TokenKind>,
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
     job_uri: http::Uri,
     external_url: String,
     timeout: Duration,
@@ -77,15 +78,15 @@ impl OriginResolver {
         cache: &CacheSettings,
         timeout: Duration,
         metrics: Arc<Metrics>,
+        tls: rustls::ClientConfig,
     ) -> Result<Self, http::Error> {
         let job_uri = http::Uri::builder()
             .scheme(upstream.scheme.clone())
             .authority(upstream.authority.clone())
             .path_and_query("/api/v4/job")
             .build()?;
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(timeout));
-        connector.set_nodelay(true);
+        // The forge lookups have their own pool, with the forwarder's TLS settings.
+        let connector = crate::tls::https_connector(tls, timeout);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
@@ -148,11 +149,12 @@ impl OriginResolver {
             .header(http::header::USER_AGENT, "scopegate")
             .body(Empty::new())
             .map_err(|e| OriginError::Unavailable(e.to_string()))?;
-        let resp = self
-            .client
-            .request(req)
-            .await
-            .map_err(|e| OriginError::Unavailable(format!("cannot reach the forge: {e}")))?;
+        let resp = self.client.request(req).await.map_err(|e| {
+            OriginError::Unavailable(format!(
+                "cannot reach the forge: {}",
+                crate::forward::error_chain(&e)
+            ))
+        })?;
         match resp.status() {
             StatusCode::OK => {}
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND => {

@@ -1,5 +1,5 @@
-//! The main listener: accept loop, per-connection HTTP/1.1 + HTTP/2 serving, limits, graceful
-//! drain.
+//! The main listener: accept loop, TLS handshake (when on) under a timeout, per-connection
+//! HTTP/1.1 + HTTP/2 serving, limits, graceful drain.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -8,11 +8,14 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::forward::{ClientConn, ClientScheme};
 use crate::handler::Gateway;
 use crate::settings::{LimitSettings, TimeoutSettings};
 
@@ -25,6 +28,15 @@ const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 pub struct ServerOptions {
     pub timeouts: TimeoutSettings,
     pub limits: LimitSettings,
+    /// TLS termination; None serves cleartext.
+    pub tls: Option<TlsOptions>,
+}
+
+#[derive(Clone)]
+pub struct TlsOptions {
+    pub acceptor: TlsAcceptor,
+    /// A client that has not finished its handshake by then is disconnected.
+    pub handshake_timeout: Duration,
 }
 
 fn connection_builder(options: &ServerOptions) -> auto::Builder<TokioExecutor> {
@@ -85,22 +97,43 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
+        // The handshake runs in the connection's own task: a silent client delays nobody else,
+        // and holds its slot at most `handshake_timeout`.
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
         let gw = Arc::clone(&gateway);
-        let service = service_fn(move |req| {
-            let gw = Arc::clone(&gw);
-            async move { Ok::<_, Infallible>(gw.handle(req, client).await) }
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        let metrics = Arc::clone(&gateway.metrics);
+        let tls = options.tls.clone();
         tokio::spawn(async move {
-            metrics.connection_opened();
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+            gw.metrics.connection_opened();
+            match tls {
+                None => {
+                    let conn = ClientConn {
+                        addr: client,
+                        scheme: ClientScheme::Http,
+                    };
+                    serve_connection(stream, conn, &builder, watcher, &gw).await;
+                }
+                Some(tls) => {
+                    match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(stream)) => {
+                            let conn = ClientConn {
+                                addr: client,
+                                scheme: ClientScheme::Https,
+                            };
+                            serve_connection(stream, conn, &builder, watcher, &gw).await;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%client, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            tracing::debug!(%client, "TLS handshake timed out");
+                        }
+                    }
+                }
             }
-            metrics.connection_closed();
+            gw.metrics.connection_closed();
             drop(permit);
         });
     }
@@ -108,5 +141,28 @@ pub async fn serve(
     tokio::select! {
         _ = graceful.shutdown() => tracing::info!("all connections drained"),
         _ = tokio::time::sleep(options.timeouts.drain) => tracing::warn!("drain deadline reached; closing remaining connections"),
+    }
+}
+
+/// Serve HTTP/1.1 or HTTP/2 (by preface) on one accepted, possibly TLS-wrapped, connection.
+async fn serve_connection<I>(
+    io: I,
+    client: ClientConn,
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+    gateway: &Arc<Gateway>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let gw = Arc::clone(gateway);
+    let service = service_fn(move |req| {
+        let gw = Arc::clone(&gw);
+        async move { Ok::<_, Infallible>(gw.handle(req, client).await) }
+    });
+    let conn = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
+        .into_owned();
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(error = %e, "connection ended with an error");
     }
 }

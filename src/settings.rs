@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::decide::Mode;
+use crate::tls::UpstreamTls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
@@ -135,14 +136,44 @@ impl Default for LimitSettings {
     }
 }
 
+/// `[tls]`: TLS termination on the main listener. On when both `cert` and `key` are set.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSettings {
+    /// PEM certificate chain, leaf first. Reloaded with the scope file (SIGHUP, POST /-/reload).
+    pub cert: Option<PathBuf>,
+    /// PEM private key of the leaf (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+    /// A client must finish the TLS handshake within this, else the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        TlsSettings {
+            cert: None,
+            key: None,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
 /// The settings file as written. Every key is optional except what `validate` asks for.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     pub listen: SocketAddr,
     pub admin: SocketAddr,
-    /// The forge, `http://host[:port]`.
+    /// The forge, `http://host[:port]` or `https://host[:port]`.
     pub upstream: Option<String>,
+    /// PEM bundle of the CAs an `https://` upstream's certificate must chain to; replaces the
+    /// built-in (Mozilla) roots.
+    pub upstream_ca: Option<PathBuf>,
+    /// Client certificate chain (PEM) the gateway presents to an `https://` upstream (mTLS).
+    pub upstream_client_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub upstream_client_key: Option<PathBuf>,
     /// The forge's external URL (what its `web_url`s start with), when it differs from `upstream`.
     pub forge_external_url: Option<String>,
     pub scopes: Option<PathBuf>,
@@ -154,6 +185,7 @@ pub struct Settings {
     pub limits: LimitSettings,
     /// `human` or `json`.
     pub log_format: LogFormat,
+    pub tls: TlsSettings,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -170,6 +202,9 @@ impl Default for Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin: SocketAddr::from(([127, 0, 0, 1], 9090)),
             upstream: None,
+            upstream_ca: None,
+            upstream_client_cert: None,
+            upstream_client_key: None,
             forge_external_url: None,
             scopes: None,
             mode: ModeSetting::Enforce,
@@ -179,6 +214,7 @@ impl Default for Settings {
             timeouts: TimeoutSettings::default(),
             limits: LimitSettings::default(),
             log_format: LogFormat::Human,
+            tls: TlsSettings::default(),
         }
     }
 }
@@ -200,10 +236,22 @@ impl Settings {
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
-        // A relative scope path in a settings file is relative to that file.
-        if let (Some(scopes), Some(dir)) = (settings.scopes.as_mut(), path.parent()) {
-            if scopes.is_relative() {
-                *scopes = dir.join(&*scopes);
+        // A relative path in a settings file is relative to that file.
+        if let Some(dir) = path.parent() {
+            for p in [
+                &mut settings.scopes,
+                &mut settings.tls.cert,
+                &mut settings.tls.key,
+                &mut settings.upstream_ca,
+                &mut settings.upstream_client_cert,
+                &mut settings.upstream_client_key,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if p.is_relative() {
+                    *p = dir.join(&*p);
+                }
             }
         }
         Ok(settings)
@@ -241,6 +289,7 @@ impl Settings {
         if self.max_allowlist == 0 {
             problems.push("max_allowlist must be at least 1".into());
         }
+        self.tls_problems(&mut problems);
         if problems.is_empty() {
             Ok(())
         } else {
@@ -254,6 +303,77 @@ impl Settings {
             .as_deref()
             .ok_or_else(|| SettingsError::Missing("no upstream configured".into()))?;
         parse_upstream(raw).map_err(SettingsError::Missing)
+    }
+
+    /// The main listener's certificate and key files, when TLS is on.
+    pub fn listener_tls(&self) -> Option<(&Path, &Path)> {
+        match (&self.tls.cert, &self.tls.key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            _ => None,
+        }
+    }
+
+    /// How an `https://` upstream is reached.
+    pub fn upstream_tls(&self) -> UpstreamTls {
+        UpstreamTls {
+            ca: self.upstream_ca.clone(),
+            client_cert: self
+                .upstream_client_cert
+                .clone()
+                .zip(self.upstream_client_key.clone()),
+        }
+    }
+
+    /// TLS settings, with every file read and checked (so `scopegate check` names bad paths).
+    fn tls_problems(&self, problems: &mut Vec<String>) {
+        match (&self.tls.cert, &self.tls.key) {
+            (Some(cert), Some(key)) => {
+                if let Err(e) = crate::tls::load_certified_key("[tls] cert", cert, "[tls] key", key)
+                {
+                    problems.push(e.to_string());
+                }
+            }
+            (Some(_), None) => {
+                problems.push("[tls] cert is set but key is not: set both, or neither".into())
+            }
+            (None, Some(_)) => {
+                problems.push("[tls] key is set but cert is not: set both, or neither".into())
+            }
+            (None, None) => {}
+        }
+        if self.tls.handshake_timeout.is_zero() {
+            problems.push("[tls] handshake_timeout must be more than 0s".into());
+        }
+        match (&self.upstream_client_cert, &self.upstream_client_key) {
+            (Some(_), None) => problems.push(
+                "upstream_client_cert is set but upstream_client_key is not: set both, or neither"
+                    .into(),
+            ),
+            (None, Some(_)) => problems.push(
+                "upstream_client_key is set but upstream_client_cert is not: set both, or neither"
+                    .into(),
+            ),
+            _ => {}
+        }
+        let upstream_tls = self.upstream_ca.is_some() || self.upstream_client_cert.is_some();
+        if !upstream_tls {
+            return;
+        }
+        let https = self
+            .upstream
+            .as_deref()
+            .and_then(|u| parse_upstream(u).ok())
+            .map(|u| u.scheme == http::uri::Scheme::HTTPS);
+        if https == Some(false) {
+            problems.push(
+                "upstream_ca / upstream_client_cert are set but the upstream is http://: \
+                 they would be ignored; use an https:// upstream or remove them"
+                    .into(),
+            );
+        }
+        if let Err(e) = self.upstream_tls().client_config() {
+            problems.push(e.to_string());
+        }
     }
 
     /// What the forge's `web_url`s start with.
@@ -275,9 +395,9 @@ fn parse_upstream(raw: &str) -> Result<Upstream, String> {
         .scheme()
         .cloned()
         .ok_or_else(|| format!("upstream {raw:?} has no scheme"))?;
-    if scheme != http::uri::Scheme::HTTP {
+    if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
         return Err(format!(
-            "upstream {raw:?}: only http:// upstreams are supported"
+            "upstream {raw:?}: only http:// and https:// upstreams are supported"
         ));
     }
     let authority = uri
@@ -316,6 +436,64 @@ mod tests {
         assert!(parse_upstream("http://forge/").is_ok());
         assert!(parse_upstream("forge:8080").is_err());
         assert!(parse_upstream("http://forge/gitlab").is_err());
+        let https = parse_upstream("https://gitlab.example.com").unwrap();
+        assert_eq!(https.scheme, http::uri::Scheme::HTTPS);
+        assert!(parse_upstream("ftp://forge").is_err());
+    }
+
+    #[test]
+    fn tls_table_and_relative_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gw.toml");
+        std::fs::write(
+            &path,
+            "upstream = \"https://forge\"\nupstream_ca = \"ca.pem\"\n\
+             [tls]\ncert = \"c.pem\"\nkey = \"/abs/k.pem\"\nhandshake_timeout = \"3s\"\n",
+        )
+        .unwrap();
+        let s = Settings::load(&path).unwrap();
+        assert_eq!(s.tls.cert, Some(dir.path().join("c.pem")));
+        assert_eq!(s.tls.key, Some(PathBuf::from("/abs/k.pem")));
+        assert_eq!(s.upstream_ca, Some(dir.path().join("ca.pem")));
+        assert_eq!(s.tls.handshake_timeout, Duration::from_secs(3));
+        assert!(toml::from_str::<Settings>("[tls]\ncrt = \"x\"").is_err());
+    }
+
+    #[test]
+    fn bad_tls_paths_are_named() {
+        let s = Settings {
+            upstream: Some("http://forge".into()),
+            scopes: Some("s.toml".into()),
+            tls: TlsSettings {
+                cert: Some("/nonexistent/cert.pem".into()),
+                key: Some("/nonexistent/key.pem".into()),
+                ..TlsSettings::default()
+            },
+            upstream_ca: Some("/nonexistent/ca.pem".into()),
+            upstream_client_key: Some("/nonexistent/client.key".into()),
+            ..Settings::default()
+        };
+        let msg = s.validate().unwrap_err().to_string();
+        for needle in [
+            "/nonexistent/cert.pem",
+            "upstream_client_key is set but upstream_client_cert is not",
+            "upstream is http://",
+            "/nonexistent/ca.pem",
+        ] {
+            assert!(msg.contains(needle), "{needle} missing from {msg}");
+        }
+        let half = Settings {
+            tls: TlsSettings {
+                key: Some("k.pem".into()),
+                ..TlsSettings::default()
+            },
+            ..Settings::default()
+        };
+        assert!(half
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("[tls] key is set but cert is not"));
     }
 
     #[test]
