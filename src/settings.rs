@@ -154,6 +154,15 @@ pub struct Settings {
     pub limits: LimitSettings,
     /// `human` or `json`.
     pub log_format: LogFormat,
+    /// Watch the scope file's directory and reload when the file changes.
+    pub reload_watch: bool,
+    /// How long the scope file must be quiet before a change is read.
+    #[serde(with = "humantime_serde")]
+    pub reload_debounce: Duration,
+    /// How often the scope file is compared with the running snapshot even without an event;
+    /// `0s` disables the poll.
+    #[serde(with = "humantime_serde")]
+    pub reload_poll: Duration,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -179,9 +188,15 @@ impl Default for Settings {
             timeouts: TimeoutSettings::default(),
             limits: LimitSettings::default(),
             log_format: LogFormat::Human,
+            reload_watch: true,
+            reload_debounce: Duration::from_millis(200),
+            reload_poll: Duration::from_secs(30),
         }
     }
 }
+
+/// Shortest `reload_debounce` and `reload_poll`: shorter ones would spin.
+const MIN_RELOAD_INTERVAL: Duration = Duration::from_millis(10);
 
 /// The upstream split into the parts the forwarder needs.
 #[derive(Clone, Debug)]
@@ -240,6 +255,18 @@ impl Settings {
         }
         if self.max_allowlist == 0 {
             problems.push("max_allowlist must be at least 1".into());
+        }
+        if self.reload_debounce < MIN_RELOAD_INTERVAL {
+            problems.push(format!(
+                "reload_debounce must be at least {}",
+                humantime::format_duration(MIN_RELOAD_INTERVAL)
+            ));
+        }
+        if !self.reload_poll.is_zero() && self.reload_poll < MIN_RELOAD_INTERVAL {
+            problems.push(format!(
+                "reload_poll must be \"0s\" (off) or at least {}",
+                humantime::format_duration(MIN_RELOAD_INTERVAL)
+            ));
         }
         if problems.is_empty() {
             Ok(())
@@ -316,6 +343,30 @@ mod tests {
         assert!(parse_upstream("http://forge/").is_ok());
         assert!(parse_upstream("forge:8080").is_err());
         assert!(parse_upstream("http://forge/gitlab").is_err());
+    }
+
+    #[test]
+    fn reload_settings_parse_and_are_checked() {
+        let s: Settings = toml::from_str(
+            "reload_debounce = \"50ms\"\nreload_poll = \"0s\"\nreload_watch = false",
+        )
+        .unwrap();
+        assert_eq!(s.reload_debounce, Duration::from_millis(50));
+        assert!(s.reload_poll.is_zero());
+        assert!(!s.reload_watch);
+        let d = Settings::default();
+        assert!(d.reload_watch);
+        assert_eq!(d.reload_poll, Duration::from_secs(30));
+        let bad = Settings {
+            reload_debounce: Duration::ZERO,
+            reload_poll: Duration::from_millis(1),
+            ..Settings::default()
+        };
+        let msg = bad.validate().unwrap_err().to_string();
+        assert!(
+            msg.contains("reload_debounce") && msg.contains("reload_poll"),
+            "{msg}"
+        );
     }
 
     #[test]
