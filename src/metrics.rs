@@ -94,7 +94,7 @@ impl Metrics {
         let reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
             "reloads",
-            "Scope file reloads by result (success, failure; unchanged: a watcher or poll check found the content in force)",
+            "Scope file reloads by result: success, failure, or unchanged (a watcher or poll check found the content in force, or one already rejected)",
             reloads.clone(),
         );
         let generation = Gauge::default();
@@ -170,8 +170,8 @@ impl Metrics {
             .set(i64::try_from(generation).unwrap_or(i64::MAX));
     }
 
-    /// A watcher or poll check found the scope file unchanged (nothing swapped, no generation
-    /// bump): `scopegate_reloads_total{result="unchanged"}`.
+    /// A watcher or poll check found nothing new in the scope file (the content in force, or
+    /// one already rejected and reported): `scopegate_reloads_total{result="unchanged"}`.
     pub fn reload_unchanged(&self) {
         self.reloads
             .get_or_create(&ResultLabels {
