@@ -450,7 +450,7 @@ async fn under_load_every_answer_matches_the_old_or_the_new_policy() {
         c.await.unwrap();
     }
 
-    let results = results.lock().unwrap();
+    let results = std::mem::take(&mut *results.lock().unwrap());
     assert_eq!(results.len(), TOTAL);
     let errors: Vec<_> = results.iter().filter(|(_, r)| r.is_err()).collect();
     assert!(
