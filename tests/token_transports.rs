@@ -1,7 +1,7 @@
 //! Every credential transport the forge reads a job token from, with an allowed and a denied
 //! target; conflicting tokens; traffic without job tokens untouched.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::type_complexity)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
