@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod origin;
 pub mod policy;
 pub mod project;
+pub mod reload;
 pub mod scope;
 pub mod server;
 pub mod settings;
@@ -102,6 +103,12 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
             max_allowlist: settings.max_allowlist,
         },
     ));
+    // Watch before the first load, so that no change in between goes unseen.
+    let reloader = reload::Reloader::new(
+        Arc::clone(&store),
+        Arc::clone(&metrics),
+        reload::ReloadSettings::from(&settings),
+    );
     let first = store.reload().await;
     metrics.reload(first.is_ok(), store.load().generation);
     first?;
@@ -194,12 +201,15 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         Arc::clone(&admin_state),
         admin_stop.clone(),
     ));
+    // The watcher and the poll run as long as the admin listener (which can reload too).
+    let reload_task = tokio::spawn(reloader.run(admin_stop.clone()));
     let tasks = vec![
         tokio::spawn(async move {
             let _ = main.await;
             admin_stop.cancel();
         }),
         admin_task,
+        reload_task,
     ];
     tracing::info!(%listen, scheme, admin = %admin_addr, "scopegate listening");
     Ok(Running {

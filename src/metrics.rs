@@ -92,7 +92,11 @@ impl Metrics {
             forge_lookup_duration.clone(),
         );
         let reloads = Family::<ResultLabels, Counter>::default();
-        registry.register("reloads", "Scope file reloads by result", reloads.clone());
+        registry.register(
+            "reloads",
+            "Scope file reloads by result: success, failure, or unchanged (a watcher or poll check found the content in force, or one already rejected)",
+            reloads.clone(),
+        );
         let generation = Gauge::default();
         registry.register(
             "policy_generation",
@@ -164,6 +168,16 @@ impl Metrics {
         self.reloads.get_or_create(&ResultLabels { result }).inc();
         self.generation
             .set(i64::try_from(generation).unwrap_or(i64::MAX));
+    }
+
+    /// A watcher or poll check found nothing new in the scope file (the content in force, or
+    /// one already rejected and reported): `scopegate_reloads_total{result="unchanged"}`.
+    pub fn reload_unchanged(&self) {
+        self.reloads
+            .get_or_create(&ResultLabels {
+                result: "unchanged",
+            })
+            .inc();
     }
 
     pub fn connection_opened(&self) {

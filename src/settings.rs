@@ -186,6 +186,15 @@ pub struct Settings {
     /// `human` or `json`.
     pub log_format: LogFormat,
     pub tls: TlsSettings,
+    /// Watch the scope file's directory and reload when the file changes.
+    pub reload_watch: bool,
+    /// How long the scope file must be quiet before a change is read.
+    #[serde(with = "humantime_serde")]
+    pub reload_debounce: Duration,
+    /// How often the scope file is compared with the running snapshot even without an event;
+    /// `0s` disables the poll.
+    #[serde(with = "humantime_serde")]
+    pub reload_poll: Duration,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -215,9 +224,15 @@ impl Default for Settings {
             limits: LimitSettings::default(),
             log_format: LogFormat::Human,
             tls: TlsSettings::default(),
+            reload_watch: true,
+            reload_debounce: Duration::from_millis(200),
+            reload_poll: Duration::from_secs(30),
         }
     }
 }
+
+/// Shortest `reload_debounce` and `reload_poll`: shorter ones would spin.
+const MIN_RELOAD_INTERVAL: Duration = Duration::from_millis(10);
 
 /// The upstream split into the parts the forwarder needs.
 #[derive(Clone, Debug)]
@@ -290,6 +305,18 @@ impl Settings {
             problems.push("max_allowlist must be at least 1".into());
         }
         self.tls_problems(&mut problems);
+        if self.reload_debounce < MIN_RELOAD_INTERVAL {
+            problems.push(format!(
+                "reload_debounce must be at least {}",
+                humantime::format_duration(MIN_RELOAD_INTERVAL)
+            ));
+        }
+        if !self.reload_poll.is_zero() && self.reload_poll < MIN_RELOAD_INTERVAL {
+            problems.push(format!(
+                "reload_poll must be \"0s\" (off) or at least {}",
+                humantime::format_duration(MIN_RELOAD_INTERVAL)
+            ));
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -494,6 +521,30 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("[tls] key is set but cert is not"));
+    }
+
+    #[test]
+    fn reload_settings_parse_and_are_checked() {
+        let s: Settings = toml::from_str(
+            "reload_debounce = \"50ms\"\nreload_poll = \"0s\"\nreload_watch = false",
+        )
+        .unwrap();
+        assert_eq!(s.reload_debounce, Duration::from_millis(50));
+        assert!(s.reload_poll.is_zero());
+        assert!(!s.reload_watch);
+        let d = Settings::default();
+        assert!(d.reload_watch);
+        assert_eq!(d.reload_poll, Duration::from_secs(30));
+        let bad = Settings {
+            reload_debounce: Duration::ZERO,
+            reload_poll: Duration::from_millis(1),
+            ..Settings::default()
+        };
+        let msg = bad.validate().unwrap_err().to_string();
+        assert!(
+            msg.contains("reload_debounce") && msg.contains("reload_poll"),
+            "{msg}"
+        );
     }
 
     #[test]

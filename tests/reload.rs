@@ -1,4 +1,6 @@
 //! Reload: the admin endpoint and SIGHUP swap the snapshot; a bad file keeps the old one.
+//! The watcher and the poll are off here, so that every generation is the explicit reload's
+//! (live reload is tested in live_reload.rs).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -25,7 +27,11 @@ fn allow_globex(scopes: &str) -> String {
 
 #[tokio::test]
 async fn admin_reload_swaps_the_snapshot_and_a_bad_file_keeps_it() {
-    let h = Harness::start(MATRIX).await;
+    let h = Harness::start_with(MATRIX, |s| {
+        s.reload_watch = false;
+        s.reload_poll = Duration::ZERO;
+    })
+    .await;
     assert_eq!(h.get(TARGET, &[("JOB-TOKEN", OTHER)]).await.status, 403);
     let before = h
         .send("GET", &h.admin_url("/-/policy"), &[], Bytes::new())
@@ -99,6 +105,8 @@ async fn sighup_reloads_the_scope_file() {
     let dir = tempfile::tempdir().unwrap();
     let scopes = dir.path().join("scopes.toml");
     std::fs::write(&scopes, MATRIX).unwrap();
+    let config = dir.path().join("scopegate.toml");
+    std::fs::write(&config, "reload_watch = false\nreload_poll = \"0s\"\n").unwrap();
     let listen = free_port();
     let admin = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_scopegate"))
@@ -113,6 +121,8 @@ async fn sighup_reloads_the_scope_file() {
         ])
         .arg("--scopes")
         .arg(&scopes)
+        .arg("--config")
+        .arg(&config)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
