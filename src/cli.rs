@@ -34,6 +34,9 @@ pub enum Command {
     Explain(ExplainArgs),
     /// A self-contained walkthrough: a stand-in forge and the gateway on loopback.
     Demo(DemoArgs),
+    /// Propose (and with --apply write) the inbound allowlist that keeps every caller the
+    /// authorization log saw working.
+    Suggest(SuggestArgs),
 }
 
 #[derive(Debug, Args)]
@@ -55,6 +58,9 @@ pub struct RunArgs {
     /// `enforce` or `report`.
     #[arg(long, value_parser = parse_mode)]
     pub mode: Option<ModeSetting>,
+    /// Where the authorization log is kept (`:memory:` for none on disk).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -78,6 +84,9 @@ impl RunArgs {
         }
         if let Some(v) = self.mode {
             s.mode = v;
+        }
+        if let Some(v) = &self.state_dir {
+            s.state_dir = v.clone();
         }
         Ok(s)
     }
@@ -116,6 +125,27 @@ pub struct DemoArgs {
     /// Where the demo gateway listens.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+}
+
+#[derive(Debug, Args)]
+pub struct SuggestArgs {
+    /// The project whose inbound allowlist to propose: numeric id or full path.
+    #[arg(long)]
+    pub project: String,
+    /// Settings file (scope file, state directory, max_allowlist); the flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[arg(long)]
+    pub scopes: Option<PathBuf>,
+    /// The gateway's state directory (where `authorizations.sqlite3` is).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Write the proposal to the scope file (safely) and turn the inbound limit on.
+    #[arg(long)]
+    pub apply: bool,
+    /// With --apply: write the allowlist but leave the inbound limit as it is.
+    #[arg(long, requires = "apply")]
+    pub no_enable: bool,
 }
 
 fn parse_mode(s: &str) -> Result<ModeSetting, String> {

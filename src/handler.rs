@@ -14,10 +14,12 @@ use http::{HeaderValue, Request, Response};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
+use crate::authlog::AuthLog;
 use crate::credentials::{self, JobToken};
 use crate::decide::{decide, Decision, Mode};
 use crate::error::GatewayError;
 use crate::forward::{upstream_target, Forwarder};
+use crate::manage::{self, Manager};
 use crate::metrics::Metrics;
 use crate::origin::{OriginError, OriginResolver, TokenKind};
 use crate::project::ProjectIdentity;
@@ -52,6 +54,10 @@ pub struct Gateway {
     pub forwarder: Forwarder,
     pub metrics: Arc<Metrics>,
     pub options: HandlerOptions,
+    /// Every job-token decision is reported here (aggregated off the request path).
+    pub authlog: Arc<AuthLog>,
+    /// The management API under `/-/scopegate`; `None` when it is switched off.
+    pub manage: Option<Arc<Manager>>,
     request_ids: RequestIds,
 }
 
@@ -77,6 +83,8 @@ impl Gateway {
             forwarder,
             metrics,
             options,
+            authlog: Arc::new(AuthLog::disabled()),
+            manage: None,
             request_ids: RequestIds::new(),
         }
     }
@@ -95,21 +103,32 @@ impl Gateway {
             reason: "no_job_token",
             ..Outcome::default()
         };
-        let mut resp = match self.enforce(req, client, &mut outcome).await {
-            Ok(resp) => resp.map(Either::Left),
-            Err(err) => {
-                // The gateway's own 4xx answers are denials; 5xx are failures.
-                outcome.decision = if err.status().is_client_error() {
-                    "deny"
-                } else {
-                    "error"
-                };
-                outcome.reason = err.reason();
-                if err.status().is_server_error() {
-                    tracing::warn!(request_id = %request_id, error = %err, "request failed");
-                }
-                err.to_response().map(Either::Right)
+        let manager = self
+            .manage
+            .as_ref()
+            .filter(|_| manage::is_manage_path(req.uri().path()));
+        let mut resp = match manager {
+            // The management API answers itself: nothing is forwarded.
+            Some(manager) => {
+                outcome.reason = "management_api";
+                manager.handle(req, &self.resolver).await.map(Either::Right)
             }
+            None => match self.enforce(req, client, &mut outcome).await {
+                Ok(resp) => resp.map(Either::Left),
+                Err(err) => {
+                    // The gateway's own 4xx answers are denials; 5xx are failures.
+                    outcome.decision = if err.status().is_client_error() {
+                        "deny"
+                    } else {
+                        "error"
+                    };
+                    outcome.reason = err.reason();
+                    if err.status().is_server_error() {
+                        tracing::warn!(request_id = %request_id, error = %err, "request failed");
+                    }
+                    err.to_response().map(Either::Right)
+                }
+            },
         };
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             resp.headers_mut().insert(X_REQUEST_ID, v);
@@ -209,6 +228,8 @@ impl Gateway {
         );
         outcome.decision = decision.label();
         outcome.reason = decision.reason();
+        self.authlog
+            .record(&origin.project, &target_identity, decision.label());
         match decision {
             Decision::Deny(limit) => {
                 return Err(GatewayError::OutOfScope {

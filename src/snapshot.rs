@@ -89,30 +89,7 @@ impl PolicyStore {
                 })
             });
         match loaded {
-            Ok(loaded) => {
-                let generation = self.current.load().generation + 1;
-                let snapshot = Arc::new(Snapshot {
-                    policy: loaded.policy,
-                    generation,
-                    loaded_at: SystemTime::now(),
-                });
-                self.current.store(Arc::clone(&snapshot));
-                self.loaded.store(true, Ordering::Release);
-                if let Ok(mut e) = self.last_error.lock() {
-                    *e = None;
-                }
-                for w in &loaded.warnings {
-                    tracing::warn!(warning = %w, "scope file");
-                }
-                tracing::info!(
-                    generation,
-                    digest = snapshot.policy.digest(),
-                    projects = snapshot.policy.project_count(),
-                    path = %self.path.display(),
-                    "scope file loaded"
-                );
-                Ok(snapshot)
-            }
+            Ok(loaded) => Ok(self.swap_in(loaded)),
             Err(err) => {
                 tracing::error!(error = %err, path = %self.path.display(), "scope file rejected; keeping the running snapshot");
                 if let Ok(mut e) = self.last_error.lock() {
@@ -121,6 +98,46 @@ impl PolicyStore {
                 Err(err)
             }
         }
+    }
+
+    /// Put a policy that was just loaded from the scope file's current text in force (the
+    /// management API writes the file and installs what it wrote, so the change is in force
+    /// before it answers). Ordered with reloads: a reload that read the file earlier cannot
+    /// swap its older snapshot in after this one.
+    pub async fn install(&self, loaded: scope::Loaded) -> Arc<Snapshot> {
+        let _guard = self.reload_lock.lock().await;
+        self.swap_in(loaded)
+    }
+
+    /// Swap a loaded policy in; the caller holds `reload_lock`.
+    fn swap_in(&self, loaded: scope::Loaded) -> Arc<Snapshot> {
+        let generation = self.current.load().generation + 1;
+        let snapshot = Arc::new(Snapshot {
+            policy: loaded.policy,
+            generation,
+            loaded_at: SystemTime::now(),
+        });
+        self.current.store(Arc::clone(&snapshot));
+        self.loaded.store(true, Ordering::Release);
+        if let Ok(mut e) = self.last_error.lock() {
+            *e = None;
+        }
+        for w in &loaded.warnings {
+            tracing::warn!(warning = %w, "scope file");
+        }
+        tracing::info!(
+            generation,
+            digest = snapshot.policy.digest(),
+            projects = snapshot.policy.project_count(),
+            path = %self.path.display(),
+            "scope file loaded"
+        );
+        snapshot
+    }
+
+    /// The scope limits the file is validated with.
+    pub fn limits(&self) -> &ScopeLimits {
+        &self.limits
     }
 
     /// The `/-/policy` document.
