@@ -68,6 +68,7 @@ async fn walkthrough(args: &DemoArgs) -> Result<(), Box<dyn std::error::Error>> 
         admin: SocketAddr::from(([127, 0, 0, 1], 0)),
         upstream: Some(forge.url()),
         scopes: Some(scopes.clone()),
+        state_dir: dir.join("state"),
         ..Settings::default()
     };
     let running = match crate::start(settings.clone()).await {

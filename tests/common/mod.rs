@@ -15,6 +15,7 @@ use scopegate::standin::{Standin, StandinJob};
 use scopegate::Running;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+pub mod manage;
 pub mod scopes;
 
 pub const BOT: &str = "glcbt-bot-job-token-0001";
@@ -79,6 +80,7 @@ impl Harness {
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
             upstream: Some(forge.url()),
             scopes: Some(path.clone()),
+            state_dir: dir.path().join("state"),
             ..Settings::default()
         };
         tweak(&mut settings);
