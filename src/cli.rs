@@ -144,8 +144,12 @@ pub struct SuggestArgs {
     #[arg(long)]
     pub apply: bool,
     /// With --apply: write the allowlist but leave the inbound limit as it is.
-    #[arg(long, requires = "apply")]
+    #[arg(long, requires = "apply", conflicts_with = "enforce")]
     pub no_enable: bool,
+    /// With --apply: also switch the project's `report_only` off, so that the limit is
+    /// enforced rather than only reported (the last step of a report-only rollout).
+    #[arg(long, requires = "apply")]
+    pub enforce: bool,
 }
 
 fn parse_mode(s: &str) -> Result<ModeSetting, String> {

@@ -12,7 +12,8 @@
 //! `--apply` writes the proposal with the management API's safe writer (format-preserving,
 //! atomic, validated) **and turns P's inbound limit on**, as GitLab's
 //! `autopopulate_and_enforce` does: the allowlist exists to be enforced, and everything that
-//! was observed working keeps working. `--no-enable` writes the allowlist only. A running
+//! was observed working keeps working. `--no-enable` writes the allowlist only; `--enforce`
+//! also switches the project's `report_only` off (the end of a report-only rollout). A running
 //! gateway picks the change up on its next reload (`POST /-/reload`, SIGHUP).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -238,6 +239,7 @@ fn suggest(args: &SuggestArgs) -> Result<(), String> {
     let allow: Vec<Entry> = proposal.projects.iter().map(Candidate::entry).collect();
     let groups = proposal.groups.clone();
     let enable = !args.no_enable;
+    let enforce = args.enforce;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -248,14 +250,21 @@ fn suggest(args: &SuggestArgs) -> Result<(), String> {
             if enable {
                 doc.set_enabled(&named, Direction::Inbound, true);
             }
+            if enforce {
+                doc.set_report_only(&named, false);
+            }
             Ok(())
         }))
         .map_err(|e| e.to_string())?;
     println!(
-        "\nwritten to {}{}; a running gateway uses it after its next reload (POST /-/reload on the admin listener, or SIGHUP)",
+        "\nwritten to {}{}{}; a running gateway uses it after its next reload (POST /-/reload on the admin listener, or SIGHUP)",
         scopes.display(),
-        if enable { ", inbound limit on" } else { "" }
+        if enable { ", inbound limit on" } else { "" },
+        if enforce { ", report_only off" } else { "" },
     );
+    if !enforce && policy.effective(&who).report_only {
+        println!("note: the project is report-only: denials are still only logged; pass --enforce (or set report_only = false) to enforce");
+    }
     Ok(())
 }
 

@@ -518,6 +518,25 @@ impl ScopeDoc {
         true
     }
 
+    /// Set `who`'s `report_only` (keeping the comment on its line).
+    pub fn set_report_only(&mut self, who: &Named, report_only: bool) {
+        let index = self.entry_or_create(who);
+        let Some(mut entry) = self.entries().into_iter().nth(index) else {
+            return;
+        };
+        let t = entry.table();
+        match t.get_mut("report_only").and_then(Item::as_value_mut) {
+            Some(v) => {
+                let decor = v.decor().clone();
+                *v = Value::from(report_only);
+                *v.decor_mut() = decor;
+            }
+            None => {
+                t.insert("report_only", toml_edit::value(report_only));
+            }
+        }
+    }
+
     fn list(&mut self, who: &Named, dir: Direction, key: &str) -> Option<&mut toml_edit::Array> {
         let t = self.limit_table(who, dir)?;
         if !t.get(key).is_some_and(Item::is_array) {
