@@ -113,6 +113,8 @@ async fn sighup_reloads_the_scope_file() {
         ])
         .arg("--scopes")
         .arg(&scopes)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -75,7 +75,7 @@ fn writer_child() {
                     } else {
                         doc.add_allow(&target(), Direction::Inbound, &Entry::Id(id));
                     }
-                    doc.set_enabled(&target(), Direction::Inbound, n % 2 == 0);
+                    doc.set_enabled(&target(), Direction::Inbound, n.is_multiple_of(2));
                     Ok(())
                 })
                 .await
