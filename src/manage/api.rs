@@ -34,7 +34,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
-use super::auth::{encode_path, Answer, Caller, ForgeGroup, ForgeProject, MAINTAINER};
+use super::auth::{encode_path, Answer, Caller, ForgeProject, Kind, MAINTAINER};
 use super::write::{Direction, Entry, Named, Refusal, WriteError};
 use super::Manager;
 use crate::credentials;
@@ -430,8 +430,18 @@ impl Page {
                 .split('&')
                 .filter(|p| !p.is_empty())
                 .filter(|p| {
+                    // Credentials never go into a header the server sends back.
                     let k = p.split('=').next().unwrap_or("");
-                    k != "page" && k != "per_page"
+                    !matches!(
+                        k,
+                        "page"
+                            | "per_page"
+                            | "private_token"
+                            | "access_token"
+                            | "job_token"
+                            | "token"
+                            | "bearer_token"
+                    )
                 })
                 .collect();
             let url = |page: usize| {
@@ -761,19 +771,26 @@ async fn list_projects(ctx: &Ctx<'_>, dir: Direction) -> Result<Response<Full<By
     items.extend(ids.into_iter().map(|i| Some(ProjectRef::Id(i))));
     items.extend(paths.into_iter().map(|p| Some(ProjectRef::Path(p.into()))));
     let total = items.len();
-    let mut out = Vec::new();
-    for item in &items[page.range(total)] {
-        let v = match item {
+    let shown = &items[page.range(total)];
+    let lookups: Vec<String> = shown.iter().flatten().map(segment).collect();
+    let mut found = ctx
+        .manager
+        .forge
+        .documents(Kind::Project, lookups, &ctx.caller)
+        .await?
+        .into_iter();
+    let mut out = Vec::with_capacity(shown.len());
+    for item in shown {
+        out.push(match item {
             None => basic_project(&ctx.project.document),
-            Some(r) => match ctx.manager.forge.project(&segment(r), &ctx.caller).await? {
-                Answer::Found(p) => basic_project(&p.document),
-                _ => {
+            Some(r) => match found.next().flatten() {
+                Some(doc) => basic_project(&doc),
+                None => {
                     let known = snap.policy.identify(r);
                     known_project(ctx.manager, known.id, known.path.as_deref())
                 }
             },
-        };
-        out.push(v);
+        });
     }
     Ok(page_response(
         out,
@@ -895,15 +912,6 @@ async fn remove_project(
     Ok(no_content())
 }
 
-fn group_json(g: &ForgeGroup) -> Value {
-    json!({
-        "id": g.id,
-        "web_url": g.document.get("web_url").cloned().unwrap_or(Value::Null),
-        "name": g.document.get("name").cloned().unwrap_or(Value::Null),
-        "full_path": g.full_path,
-    })
-}
-
 async fn list_groups(ctx: &Ctx<'_>, dir: Direction) -> Result<Response<Full<Bytes>>, ApiError> {
     let page = Page::from_params(&ctx.params)?;
     let snap = ctx.manager.store.load();
@@ -915,24 +923,31 @@ async fn list_groups(ctx: &Ctx<'_>, dir: Direction) -> Result<Response<Full<Byte
     let mut groups: Vec<String> = limit.allowed_groups().map(str::to_string).collect();
     groups.sort();
     let total = groups.len();
-    let mut out = Vec::new();
-    for g in &groups[page.range(total)] {
-        let v = match ctx
-            .manager
-            .forge
-            .group(&encode_path(g), &ctx.caller)
-            .await?
-        {
-            Answer::Found(found) => group_json(&found),
-            _ => json!({
+    let shown = &groups[page.range(total)];
+    let lookups: Vec<String> = shown.iter().map(|g| encode_path(g)).collect();
+    let found = ctx
+        .manager
+        .forge
+        .documents(Kind::Group, lookups, &ctx.caller)
+        .await?;
+    let out = shown
+        .iter()
+        .zip(found)
+        .map(|(g, doc)| match doc {
+            Some(doc) => json!({
+                "id": doc.get("id").cloned().unwrap_or(Value::Null),
+                "web_url": doc.get("web_url").cloned().unwrap_or(Value::Null),
+                "name": doc.get("name").cloned().unwrap_or(Value::Null),
+                "full_path": doc.get("full_path").cloned().unwrap_or(Value::Null),
+            }),
+            None => json!({
                 "id": null,
                 "web_url": format!("{}/groups/{g}", ctx.manager.external_url),
                 "name": last_segment(g),
                 "full_path": g,
             }),
-        };
-        out.push(v);
-    }
+        })
+        .collect();
     Ok(page_response(
         out,
         total,

@@ -13,6 +13,7 @@
 //! going around the very scope the gateway enforces. (GitLab itself accepts no job token on
 //! these routes; the forge still has to say the job's user is a Maintainer.)
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -86,6 +87,16 @@ impl Caller {
     pub fn headers(&self) -> &HeaderMap {
         &self.headers
     }
+}
+
+/// Lookups of one list page in flight at once.
+const LOOKUP_CONCURRENCY: usize = 8;
+
+/// What a list page looks up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Project,
+    Group,
 }
 
 /// What the forge said about one project, as the caller sees it.
@@ -233,6 +244,49 @@ impl ForgeClient {
                 Answer::NotFound => Answer::NotFound,
             },
         )
+    }
+}
+
+impl ForgeClient {
+    /// Look up many projects or groups (URL segments) with the caller's credential, a few at a
+    /// time; each answer is the forge's document when it shows it to the caller, else `None`.
+    pub async fn documents(
+        self: &Arc<Self>,
+        kind: Kind,
+        segments: Vec<String>,
+        caller: &Caller,
+    ) -> Result<Vec<Option<Value>>, ApiError> {
+        let permits = Arc::new(tokio::sync::Semaphore::new(LOOKUP_CONCURRENCY));
+        let mut tasks = tokio::task::JoinSet::new();
+        let n = segments.len();
+        for (i, seg) in segments.into_iter().enumerate() {
+            let forge = Arc::clone(self);
+            let caller = caller.clone();
+            let permits = Arc::clone(&permits);
+            tasks.spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                let doc = match kind {
+                    Kind::Project => match forge.project(&seg, &caller).await? {
+                        Answer::Found(p) => Some(p.document),
+                        _ => None,
+                    },
+                    Kind::Group => match forge.group(&seg, &caller).await? {
+                        Answer::Found(g) => Some(g.document),
+                        _ => None,
+                    },
+                };
+                Ok::<_, ApiError>((i, doc))
+            });
+        }
+        let mut out = vec![None; n];
+        while let Some(joined) = tasks.join_next().await {
+            let (i, doc) =
+                joined.map_err(|e| ApiError::unavailable(&format!("lookup failed: {e}")))??;
+            if let Some(slot) = out.get_mut(i) {
+                *slot = doc;
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -42,7 +42,7 @@ pub fn is_manage_path(path: &str) -> bool {
 pub struct Manager {
     pub(crate) store: Arc<PolicyStore>,
     pub writer: ScopeWriter,
-    pub(crate) forge: ForgeClient,
+    pub(crate) forge: Arc<ForgeClient>,
     pub(crate) authlog: Arc<AuthLog>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) prefixes: Vec<Box<str>>,
@@ -60,7 +60,10 @@ impl Manager {
         Ok(Manager {
             writer: ScopeWriter::new(Arc::clone(&store)),
             store,
-            forge: ForgeClient::new(settings.upstream()?, settings.manage.forge_timeout),
+            forge: Arc::new(ForgeClient::new(
+                settings.upstream()?,
+                settings.manage.forge_timeout,
+            )),
             authlog,
             metrics,
             prefixes: settings
