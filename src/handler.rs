@@ -103,32 +103,21 @@ impl Gateway {
             reason: "no_job_token",
             ..Outcome::default()
         };
-        let manager = self
-            .manage
-            .as_ref()
-            .filter(|_| manage::is_manage_path(req.uri().path()));
-        let mut resp = match manager {
-            // The management API answers itself: nothing is forwarded.
-            Some(manager) => {
-                outcome.reason = "management_api";
-                manager.handle(req, &self.resolver).await.map(Either::Right)
-            }
-            None => match self.enforce(req, client, &mut outcome).await {
-                Ok(resp) => resp.map(Either::Left),
-                Err(err) => {
-                    // The gateway's own 4xx answers are denials; 5xx are failures.
-                    outcome.decision = if err.status().is_client_error() {
-                        "deny"
-                    } else {
-                        "error"
-                    };
-                    outcome.reason = err.reason();
-                    if err.status().is_server_error() {
-                        tracing::warn!(request_id = %request_id, error = %err, "request failed");
-                    }
-                    err.to_response().map(Either::Right)
+        let mut resp = match self.route(req, client, &mut outcome).await {
+            Ok(resp) => resp,
+            Err(err) => {
+                // The gateway's own 4xx answers are denials; 5xx are failures.
+                outcome.decision = if err.status().is_client_error() {
+                    "deny"
+                } else {
+                    "error"
+                };
+                outcome.reason = err.reason();
+                if err.status().is_server_error() {
+                    tracing::warn!(request_id = %request_id, error = %err, "request failed");
                 }
-            },
+                err.to_response().map(Either::Right)
+            }
         };
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             resp.headers_mut().insert(X_REQUEST_ID, v);
@@ -150,6 +139,26 @@ impl Gateway {
             duration_us = elapsed.as_micros() as u64,
         );
         resp
+    }
+
+    /// The management API (under `/-/scopegate`) answers itself and forwards nothing; every
+    /// other request goes through the enforcement pipeline.
+    async fn route(
+        &self,
+        req: Request<Incoming>,
+        client: SocketAddr,
+        outcome: &mut Outcome,
+    ) -> Result<Response<ResponseBody>, GatewayError> {
+        let path = req.uri().path();
+        if let Some(manager) = self
+            .manage
+            .as_ref()
+            .filter(|_| manage::is_manage_path(path))
+        {
+            outcome.reason = "management_api";
+            return Ok(manager.handle(req, &self.resolver).await.map(Either::Right));
+        }
+        Ok(self.enforce(req, client, outcome).await?.map(Either::Left))
     }
 
     /// Inner pipeline.
