@@ -42,7 +42,10 @@ fn policy(n: u64) -> Policy {
             spec
         })
         .collect();
-    let tokens = vec![TokenSpec { sha256: Sha256::digest(TOKEN.as_bytes()).into(), project: ProjectRef::Id(1) }];
+    let tokens = vec![TokenSpec {
+        sha256: Sha256::digest(TOKEN.as_bytes()).into(),
+        project: ProjectRef::Id(1),
+    }];
     Policy::build(defaults, projects, tokens, "sha256:bench".into())
 }
 
@@ -91,16 +94,26 @@ fn hot_path(c: &mut Criterion) {
         let origin = policy.identify(&ProjectRef::Id(1));
         group.bench_with_input(BenchmarkId::new("decide", n), &policy, |b, p| {
             let target = p.identify(&ProjectRef::Id(8 % n + 1));
-            b.iter(|| decide(black_box(p), Mode::Enforce, black_box(&origin), black_box(&target)))
+            b.iter(|| {
+                decide(
+                    black_box(p),
+                    Mode::Enforce,
+                    black_box(&origin),
+                    black_box(&target),
+                )
+            })
         });
         // Everything the handler does before forwarding, with the origin from the digest
         // index (the cache-warm case).
         group.bench_with_input(BenchmarkId::new("whole hot path", n), &policy, |b, p| {
             b.iter(|| {
-                let creds = credentials::extract(black_box(&headers), black_box(query), &prefixes).ok()?;
+                let creds =
+                    credentials::extract(black_box(&headers), black_box(query), &prefixes).ok()?;
                 let token = creds.job_token?;
                 let origin = p.static_token(&token.sha256())?;
-                let Ok(Target::Project { project, .. }) = target::parse(&Method::GET, black_box(by_path), query) else {
+                let Ok(Target::Project { project, .. }) =
+                    target::parse(&Method::GET, black_box(by_path), query)
+                else {
                     return None;
                 };
                 let target = p.identify(&project);

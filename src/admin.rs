@@ -14,7 +14,9 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::authlog::AuthLog;
 use crate::error::json_response;
+use crate::manage::api::{base_url, page_response, Page, Params};
 use crate::metrics::Metrics;
 use crate::snapshot::PolicyStore;
 use crate::tls::CertStore;
@@ -22,6 +24,7 @@ use crate::tls::CertStore;
 pub struct Admin {
     pub policy: Arc<PolicyStore>,
     pub metrics: Arc<Metrics>,
+    pub authlog: Arc<AuthLog>,
     /// Set when shutdown starts: readiness turns false so load balancers stop sending.
     pub draining: Arc<AtomicBool>,
     /// The main listener's certificate, when it terminates TLS.
@@ -64,6 +67,41 @@ impl Admin {
         doc
     }
 
+    /// `GET /-/authorizations[?target=ID|PATH][&page=&per_page=]`: the authorization log, every
+    /// pair (or one target's), most recently seen first, paginated like the forge.
+    async fn authorizations(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+        let query = req.uri().query();
+        let params = Params::from_query(query);
+        let page = match Page::from_params(&params) {
+            Ok(p) => p,
+            Err(e) => return e.into_response(),
+        };
+        let pairs = match params.string("target") {
+            Some(t) => {
+                let (id, path) = match t.parse::<u64>() {
+                    Ok(id) => (Some(id), None),
+                    Err(_) => (None, Some(t)),
+                };
+                self.authlog.for_target(id, path.as_deref()).await
+            }
+            None => self.authlog.all().await,
+        };
+        match pairs {
+            Ok(pairs) => {
+                let total = pairs.len();
+                let items = pairs[page.range(total)]
+                    .iter()
+                    .map(|p| p.to_json())
+                    .collect();
+                page_response(items, total, page, base_url(req).as_deref(), query)
+            }
+            Err(e) => json_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &serde_json::json!({"message": e.to_string()}),
+            ),
+        }
+    }
+
     async fn route(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         match (req.method(), req.uri().path()) {
             (&Method::GET | &Method::HEAD, "/-/health") => {
@@ -86,6 +124,7 @@ impl Admin {
                     &serde_json::json!({"message": message, "policy": self.describe()}),
                 ),
             },
+            (&Method::GET, "/-/authorizations") => self.authorizations(&req).await,
             (&Method::GET, "/metrics") => {
                 let mut resp = Response::new(Full::new(Bytes::from(self.metrics.render())));
                 resp.headers_mut().insert(

@@ -34,6 +34,9 @@ pub enum Command {
     Explain(ExplainArgs),
     /// A self-contained walkthrough: a stand-in forge and the gateway on loopback.
     Demo(DemoArgs),
+    /// Propose (and with --apply write) the inbound allowlist that keeps every caller the
+    /// authorization log saw working.
+    Suggest(SuggestArgs),
 }
 
 #[derive(Debug, Args)]
@@ -61,6 +64,9 @@ pub struct RunArgs {
     /// PEM private key of --tls-cert.
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Where the authorization log is kept (`:memory:` for none on disk).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -90,6 +96,9 @@ impl RunArgs {
         }
         if let Some(v) = &self.tls_key {
             s.tls.key = Some(v.clone());
+        }
+        if let Some(v) = &self.state_dir {
+            s.state_dir = v.clone();
         }
         Ok(s)
     }
@@ -128,6 +137,31 @@ pub struct DemoArgs {
     /// Where the demo gateway listens.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+}
+
+#[derive(Debug, Args)]
+pub struct SuggestArgs {
+    /// The project whose inbound allowlist to propose: numeric id or full path.
+    #[arg(long)]
+    pub project: String,
+    /// Settings file (scope file, state directory, max_allowlist); the flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[arg(long)]
+    pub scopes: Option<PathBuf>,
+    /// The gateway's state directory (where `authorizations.sqlite3` is).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Write the proposal to the scope file (safely) and turn the inbound limit on.
+    #[arg(long)]
+    pub apply: bool,
+    /// With --apply: write the allowlist but leave the inbound limit as it is.
+    #[arg(long, requires = "apply", conflicts_with = "enforce")]
+    pub no_enable: bool,
+    /// With --apply: also switch the project's `report_only` off, so that the limit is
+    /// enforced rather than only reported (the last step of a report-only rollout).
+    #[arg(long, requires = "apply")]
+    pub enforce: bool,
 }
 
 fn parse_mode(s: &str) -> Result<ModeSetting, String> {

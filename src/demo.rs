@@ -11,7 +11,7 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::cli::DemoArgs;
 use crate::settings::Settings;
-use crate::standin::{Standin, StandinJob};
+use crate::standin::{Directory, Standin, StandinJob, StandinProject, StandinUser};
 
 /// The demo's scope file: a bot project that may reach one customer project, and a second
 /// customer whose project it must not reach.
@@ -41,6 +41,9 @@ path = "globex/secret-sauce"
 
 pub const DEMO_TOKEN: &str = "glcbt-demo-deploy-bot-job";
 
+/// A personal access token of acme/app's Maintainer on the stand-in forge.
+pub const DEMO_MAINTAINER: &str = "glpat-demo-app-maintainer";
+
 pub async fn run(args: &DemoArgs) -> ExitCode {
     match walkthrough(args).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -59,6 +62,28 @@ async fn walkthrough(args: &DemoArgs) -> Result<(), Box<dyn std::error::Error>> 
         project_path: "acme/deploy-bot".into(),
     }])
     .await?;
+    forge.set_directory(Directory {
+        users: vec![StandinUser {
+            token: DEMO_MAINTAINER.into(),
+            username: "maria".into(),
+            projects: vec![(12, 40)],
+            groups: vec![],
+        }],
+        projects: [
+            (10, "acme/deploy-bot"),
+            (12, "acme/app"),
+            (13, "globex/secret-sauce"),
+        ]
+        .into_iter()
+        .map(|(id, path)| StandinProject {
+            id,
+            path: path.into(),
+            public: false,
+        })
+        .collect(),
+        groups: vec![],
+        job_users: vec![],
+    });
     let dir = tempfile_dir()?;
     let scopes = dir.join("scopes.toml");
     std::fs::write(&scopes, DEMO_SCOPES)?;
@@ -68,6 +93,7 @@ async fn walkthrough(args: &DemoArgs) -> Result<(), Box<dyn std::error::Error>> 
         admin: SocketAddr::from(([127, 0, 0, 1], 0)),
         upstream: Some(forge.url()),
         scopes: Some(scopes.clone()),
+        state_dir: dir.join("state"),
         ..Settings::default()
     };
     let running = match crate::start(settings.clone()).await {
@@ -99,7 +125,7 @@ async fn walkthrough(args: &DemoArgs) -> Result<(), Box<dyn std::error::Error>> 
     for (what, path) in [("allowed", allowed), ("denied", denied)] {
         println!("# {what}:");
         println!("curl -i -H 'JOB-TOKEN: {DEMO_TOKEN}' '{gw}{path}'");
-        let (status, body) = get(&format!("{gw}{path}")).await?;
+        let (status, body) = get(&format!("{gw}{path}"), ("JOB-TOKEN", DEMO_TOKEN)).await?;
         println!("-> {status} {body}");
         println!();
     }
@@ -110,6 +136,17 @@ async fn walkthrough(args: &DemoArgs) -> Result<(), Box<dyn std::error::Error>> 
         .collect();
     println!("what reached the forge: {reached:?}");
     println!("(the allowed call, rewritten to the numeric id it was decided on; the denied one never left the gateway)");
+    println!();
+    println!("# acme/app's maintainer reads its job token settings through the gateway's copy of");
+    println!("# GitLab's API (python-gitlab works too: base URL {gw}/-/scopegate):");
+    let scope = "/-/scopegate/api/v4/projects/acme%2Fapp/job_token_scope";
+    println!("curl -i -H 'PRIVATE-TOKEN: {DEMO_MAINTAINER}' '{gw}{scope}'");
+    let (status, body) = get(&format!("{gw}{scope}"), ("PRIVATE-TOKEN", DEMO_MAINTAINER)).await?;
+    println!("-> {status} {body}");
+    println!(
+        "(also .../allowlist, .../groups_allowlist, .../authorizations; POST, PATCH and DELETE change {})",
+        scopes.display()
+    );
 
     if args.once {
         running.shutdown();
@@ -123,10 +160,13 @@ async fn walkthrough(args: &DemoArgs) -> Result<(), Box<dyn std::error::Error>> 
     Ok(())
 }
 
-async fn get(url: &str) -> Result<(u16, String), Box<dyn std::error::Error>> {
+async fn get(
+    url: &str,
+    (name, value): (&str, &str),
+) -> Result<(u16, String), Box<dyn std::error::Error>> {
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
     let req = http::Request::get(url)
-        .header("JOB-TOKEN", DEMO_TOKEN)
+        .header(name, value)
         .body(Empty::new())?;
     let resp = client.request(req).await?;
     let status = resp.status().as_u16();

@@ -13,10 +13,12 @@ use http::{HeaderValue, Request, Response};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
+use crate::authlog::AuthLog;
 use crate::credentials::{self, JobToken};
 use crate::decide::{decide, Decision, Mode};
 use crate::error::GatewayError;
 use crate::forward::{upstream_target, ClientConn, Forwarder};
+use crate::manage::{self, Manager};
 use crate::metrics::Metrics;
 use crate::origin::{OriginError, OriginResolver, TokenKind};
 use crate::project::ProjectIdentity;
@@ -51,6 +53,10 @@ pub struct Gateway {
     pub forwarder: Forwarder,
     pub metrics: Arc<Metrics>,
     pub options: HandlerOptions,
+    /// Every job-token decision is reported here (aggregated off the request path).
+    pub authlog: Arc<AuthLog>,
+    /// The management API under `/-/scopegate`; `None` when it is switched off.
+    pub manage: Option<Arc<Manager>>,
     request_ids: RequestIds,
 }
 
@@ -76,6 +82,8 @@ impl Gateway {
             forwarder,
             metrics,
             options,
+            authlog: Arc::new(AuthLog::disabled()),
+            manage: None,
             request_ids: RequestIds::new(),
         }
     }
@@ -94,8 +102,8 @@ impl Gateway {
             reason: "no_job_token",
             ..Outcome::default()
         };
-        let mut resp = match self.enforce(req, client, &mut outcome).await {
-            Ok(resp) => resp.map(Either::Left),
+        let mut resp = match self.route(req, client, &mut outcome).await {
+            Ok(resp) => resp,
             Err(err) => {
                 // The gateway's own 4xx answers are denials; 5xx are failures.
                 outcome.decision = if err.status().is_client_error() {
@@ -130,6 +138,26 @@ impl Gateway {
             duration_us = elapsed.as_micros() as u64,
         );
         resp
+    }
+
+    /// The management API (under `/-/scopegate`) answers itself and forwards nothing; every
+    /// other request goes through the enforcement pipeline.
+    async fn route(
+        &self,
+        req: Request<Incoming>,
+        client: ClientConn,
+        outcome: &mut Outcome,
+    ) -> Result<Response<ResponseBody>, GatewayError> {
+        let path = req.uri().path();
+        if let Some(manager) = self
+            .manage
+            .as_ref()
+            .filter(|_| manage::is_manage_path(path))
+        {
+            outcome.reason = "management_api";
+            return Ok(manager.handle(req, &self.resolver).await.map(Either::Right));
+        }
+        Ok(self.enforce(req, client, outcome).await?.map(Either::Left))
     }
 
     /// Inner pipeline.
@@ -208,6 +236,8 @@ impl Gateway {
         );
         outcome.decision = decision.label();
         outcome.reason = decision.reason();
+        self.authlog
+            .record(&origin.project, &target_identity, decision.label());
         match decision {
             Decision::Deny(limit) => {
                 return Err(GatewayError::OutOfScope {

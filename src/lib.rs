@@ -5,6 +5,7 @@
 //! driven by [`handler`]; the policy lives in one [`snapshot`] compiled from the [`scope`] file.
 
 pub mod admin;
+pub mod authlog;
 pub mod cli;
 pub mod credentials;
 pub mod decide;
@@ -13,6 +14,7 @@ pub mod error;
 pub mod explain;
 pub mod forward;
 pub mod handler;
+pub mod manage;
 pub mod metrics;
 pub mod origin;
 pub mod policy;
@@ -23,6 +25,7 @@ pub mod server;
 pub mod settings;
 pub mod snapshot;
 pub mod standin;
+pub mod suggest;
 pub mod target;
 pub mod telemetry;
 pub mod tls;
@@ -36,8 +39,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::Admin;
+use crate::authlog::AuthLog;
 use crate::forward::Forwarder;
 use crate::handler::{Gateway, HandlerOptions};
+use crate::manage::Manager;
 use crate::metrics::Metrics;
 use crate::origin::OriginResolver;
 use crate::scope::ScopeLimits;
@@ -67,6 +72,10 @@ pub struct Running {
     pub listen: SocketAddr,
     pub admin: SocketAddr,
     pub admin_state: Arc<Admin>,
+    /// The authorization log (tests flush it to read what the requests did).
+    pub authlog: Arc<AuthLog>,
+    /// The management API, when it is on (tests inject write faults through its writer).
+    pub manager: Option<Arc<Manager>>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -79,11 +88,13 @@ impl Running {
         self.shutdown.cancel();
     }
 
-    /// Wait until both listeners have stopped (after `shutdown`).
+    /// Wait until both listeners have stopped (after `shutdown`), and the authorization log
+    /// has written what it was given.
     pub async fn wait(self) {
         for t in self.tasks {
             let _ = t.await;
         }
+        self.authlog.flush().await;
     }
 }
 
@@ -138,8 +149,25 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         upstream_tls.clone(),
     )
     .map_err(|e| StartError::Other(e.to_string()))?;
-    let forwarder = Forwarder::new(upstream, &settings.timeouts, upstream_tls);
-    let gateway = Arc::new(Gateway::new(
+    let forwarder = Forwarder::new(upstream, &settings.timeouts, upstream_tls.clone());
+    let (authlog, _writer) = AuthLog::start(
+        &settings.authlog,
+        &settings.state_dir,
+        metrics.authlog_dropped(),
+    )
+    .map_err(|e| StartError::Other(e.to_string()))?;
+    let manager = if settings.manage.enabled {
+        Some(Arc::new(Manager::new(
+            &settings,
+            Arc::clone(&store),
+            Arc::clone(&authlog),
+            Arc::clone(&metrics),
+            upstream_tls.clone(),
+        )?))
+    } else {
+        None
+    };
+    let mut gateway = Gateway::new(
         Arc::clone(&store),
         resolver,
         forwarder,
@@ -153,7 +181,10 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
                 .collect(),
             max_url_bytes: settings.limits.max_url_bytes,
         },
-    ));
+    );
+    gateway.authlog = Arc::clone(&authlog);
+    gateway.manage = manager.clone();
+    let gateway = Arc::new(gateway);
 
     let main_listener = bind(settings.listen).await?;
     let admin_listener = bind(settings.admin).await?;
@@ -174,6 +205,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let admin_state = Arc::new(Admin {
         policy: store,
         metrics,
+        authlog: Arc::clone(&authlog),
         draining: Arc::new(AtomicBool::new(false)),
         tls: cert_store,
     });
@@ -216,6 +248,8 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         listen,
         admin: admin_addr,
         admin_state,
+        authlog,
+        manager,
         shutdown,
         tasks,
     })
@@ -249,6 +283,7 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
             }
             _ = int.recv() => {
                 tracing::info!("SIGINT: exiting");
+                running.authlog.flush().await;
                 return Ok(());
             }
         }

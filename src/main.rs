@@ -39,6 +39,7 @@ fn main() -> ExitCode {
         }
         Command::Check(args) => scopegate::explain::check(&args),
         Command::Explain(args) => scopegate::explain::explain(&args),
+        Command::Suggest(args) => scopegate::suggest::run(&args),
         Command::Demo(args) => {
             scopegate::telemetry::init(
                 Some(cli.log_level.as_deref().unwrap_or("warn")),

@@ -38,6 +38,8 @@ pub struct Metrics {
     reloads: Family<ResultLabels, Counter>,
     generation: Gauge,
     connections: Gauge,
+    scope_writes: Family<ResultLabels, Counter>,
+    authlog_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -109,8 +111,22 @@ impl Metrics {
             "Client connections open on the main listener",
             connections.clone(),
         );
+        let scope_writes = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "scope_writes",
+            "Changes to the scope file through the management API, by result",
+            scope_writes.clone(),
+        );
+        let authlog_dropped = Counter::default();
+        registry.register(
+            "authlog_dropped",
+            "Job-token decisions not written to the authorization log because its queue was full",
+            authlog_dropped.clone(),
+        );
         Metrics {
             registry,
+            scope_writes,
+            authlog_dropped,
             requests,
             duration,
             upstream,
@@ -178,6 +194,24 @@ impl Metrics {
                 result: "unchanged",
             })
             .inc();
+    }
+
+    /// A management API write: `ok`, `refused`, `read_only` or `failed`. A written change
+    /// also moves the generation gauge.
+    pub fn scope_write(&self, result: &'static str) {
+        self.scope_writes
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    pub fn set_generation(&self, generation: u64) {
+        self.generation
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
+    }
+
+    /// The counter the authorization log increments for every decision it drops.
+    pub fn authlog_dropped(&self) -> Counter {
+        self.authlog_dropped.clone()
     }
 
     pub fn connection_opened(&self) {

@@ -195,7 +195,62 @@ pub struct Settings {
     /// `0s` disables the poll.
     #[serde(with = "humantime_serde")]
     pub reload_poll: Duration,
+    /// Where the gateway keeps its own state (the authorization log). Relative paths in a
+    /// settings file are relative to that file. `:memory:` keeps the state in memory only.
+    pub state_dir: PathBuf,
+    pub authlog: AuthLogSettings,
+    pub manage: ManageSettings,
 }
+
+/// The authorization log: every job-token decision, aggregated per (target, origin) pair.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthLogSettings {
+    /// Off: decisions are not recorded, and the log's API answers with an empty list.
+    pub enabled: bool,
+    /// Most (target, origin) pairs kept; past it the pairs seen longest ago are dropped.
+    pub max_pairs: usize,
+    /// Decisions waiting to be written; when full, new ones are dropped (and counted), never
+    /// waited for.
+    pub queue: usize,
+    /// Pending decisions are written at least this often.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+}
+
+impl Default for AuthLogSettings {
+    fn default() -> Self {
+        AuthLogSettings {
+            enabled: true,
+            max_pairs: 100_000,
+            queue: 10_000,
+            flush_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The management API under `/-/scopegate/api/v4/`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ManageSettings {
+    /// Off: `/-/scopegate/...` answers 404 and the scope file is only ever changed by ops.
+    pub enabled: bool,
+    /// The forge must answer the permission and lookup calls within this.
+    #[serde(with = "humantime_serde")]
+    pub forge_timeout: Duration,
+}
+
+impl Default for ManageSettings {
+    fn default() -> Self {
+        ManageSettings {
+            enabled: true,
+            forge_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `state_dir = ":memory:"`: keep the gateway's state in memory (tests, throwaway runs).
+pub const MEMORY: &str = ":memory:";
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -227,6 +282,9 @@ impl Default for Settings {
             reload_watch: true,
             reload_debounce: Duration::from_millis(200),
             reload_poll: Duration::from_secs(30),
+            state_dir: PathBuf::from("state"),
+            authlog: AuthLogSettings::default(),
+            manage: ManageSettings::default(),
         }
     }
 }
@@ -269,6 +327,12 @@ impl Settings {
                 }
             }
         }
+        // So is the state directory (`:memory:` is not a path).
+        if let Some(dir) = path.parent() {
+            if settings.state_dir.is_relative() && settings.state_dir != Path::new(MEMORY) {
+                settings.state_dir = dir.join(&settings.state_dir);
+            }
+        }
         Ok(settings)
     }
 
@@ -300,6 +364,9 @@ impl Settings {
         }
         if self.limits.max_connections == 0 {
             problems.push("limits.max_connections must be at least 1".into());
+        }
+        if self.authlog.enabled && (self.authlog.max_pairs == 0 || self.authlog.queue == 0) {
+            problems.push("authlog.max_pairs and authlog.queue must be at least 1".into());
         }
         if self.max_allowlist == 0 {
             problems.push("max_allowlist must be at least 1".into());

@@ -167,31 +167,7 @@ impl PolicyStore {
             .await
             .unwrap_or_else(|join| Err(self.task_failed(&join)));
         match loaded {
-            Ok(loaded) => {
-                let generation = self.current.load().generation + 1;
-                let snapshot = Arc::new(Snapshot {
-                    policy: loaded.policy,
-                    generation,
-                    loaded_at: SystemTime::now(),
-                });
-                let old = self.current.swap(Arc::clone(&snapshot));
-                retire(old);
-                self.loaded.store(true, Ordering::Release);
-                set(&self.last_error, None);
-                set(&self.rejected, None);
-                for w in &loaded.warnings {
-                    tracing::warn!(warning = %w, "scope file");
-                }
-                tracing::info!(
-                    generation,
-                    digest = snapshot.policy.digest(),
-                    projects = snapshot.policy.project_count(),
-                    path = %self.path.display(),
-                    trigger = attempt.trigger,
-                    "scope file loaded"
-                );
-                Ok(Reloaded::Swapped(snapshot))
-            }
+            Ok(loaded) => Ok(Reloaded::Swapped(self.swap_in(loaded, attempt.trigger))),
             Err(err) => self.failed(err, digest, attempt),
         }
     }
@@ -237,6 +213,47 @@ impl PolicyStore {
             path: self.path.display().to_string(),
             source: std::io::Error::other(format!("reload task failed: {join}")),
         }
+    }
+
+    /// Put a policy that was just loaded from the scope file's current text in force (the
+    /// management API writes the file and installs what it wrote, so the change is in force
+    /// before it answers). Ordered with reloads: a reload that read the file earlier cannot
+    /// swap its older snapshot in after this one.
+    pub async fn install(&self, loaded: scope::Loaded) -> Arc<Snapshot> {
+        let _guard = self.reload_lock.lock().await;
+        self.swap_in(loaded, "management API")
+    }
+
+    /// Swap a loaded policy in; the caller holds `reload_lock`.
+    fn swap_in(&self, loaded: scope::Loaded, trigger: &'static str) -> Arc<Snapshot> {
+        let generation = self.current.load().generation + 1;
+        let snapshot = Arc::new(Snapshot {
+            policy: loaded.policy,
+            generation,
+            loaded_at: SystemTime::now(),
+        });
+        let old = self.current.swap(Arc::clone(&snapshot));
+        retire(old);
+        self.loaded.store(true, Ordering::Release);
+        set(&self.last_error, None);
+        set(&self.rejected, None);
+        for w in &loaded.warnings {
+            tracing::warn!(warning = %w, "scope file");
+        }
+        tracing::info!(
+            generation,
+            digest = snapshot.policy.digest(),
+            projects = snapshot.policy.project_count(),
+            path = %self.path.display(),
+            trigger,
+            "scope file loaded"
+        );
+        snapshot
+    }
+
+    /// The scope limits the file is validated with.
+    pub fn limits(&self) -> &ScopeLimits {
+        &self.limits
     }
 
     /// The `/-/policy` document.

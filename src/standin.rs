@@ -3,7 +3,14 @@
 //! It answers `GET /api/v4/job` for the job tokens it was given (as GitLab does: `JOB-TOKEN`
 //! header, `job_token` parameter or `Authorization: Bearer`), and answers every other request
 //! with a JSON echo after reading (and hashing) the whole body, recording what it received so a
-//! test can assert what reached the upstream. Test hooks in the query string:
+//! test can assert what reached the upstream.
+//!
+//! Given a [`Directory`] (users with personal access tokens and roles, projects, groups), it
+//! also answers `GET /api/v4/projects/:id` (with the caller's `permissions`) and
+//! `GET /api/v4/groups/:id` for callers that present a user credential (`PRIVATE-TOKEN`,
+//! `private_token`, `Authorization: Bearer`, or a job token of a job the directory gives a
+//! user): what the management API asks the forge. Unknown credentials get 401, projects and
+//! groups the caller cannot see 404, as GitLab answers. Test hooks in the query string:
 //! `download_bytes=N` streams N bytes back, `standin_reset_after=N` breaks the response body off
 //! after N bytes, `standin_delay_ms=N` answers late, `standin_hang=1` never answers; a request
 //! with `Upgrade` gets 101 and an echo of every byte on the upgraded connection.
@@ -12,7 +19,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -64,9 +71,45 @@ pub enum LookupMode {
     Hang = 2,
 }
 
+/// A user of the stand-in forge and the token that authenticates them.
+#[derive(Clone, Debug)]
+pub struct StandinUser {
+    pub token: String,
+    pub username: String,
+    /// Project id → access level (10 Guest, 20 Reporter, 30 Developer, 40 Maintainer, 50 Owner).
+    pub projects: Vec<(u64, u64)>,
+    /// Group full path → access level; it applies to every project and subgroup below.
+    pub groups: Vec<(String, u64)>,
+}
+
+#[derive(Clone, Debug)]
+pub struct StandinProject {
+    pub id: u64,
+    pub path: String,
+    pub public: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct StandinGroup {
+    pub id: u64,
+    pub full_path: String,
+    pub public: bool,
+}
+
+/// Who exists on the stand-in forge: what `GET /api/v4/projects/:id` and `/groups/:id` answer.
+#[derive(Clone, Debug, Default)]
+pub struct Directory {
+    pub users: Vec<StandinUser>,
+    pub projects: Vec<StandinProject>,
+    pub groups: Vec<StandinGroup>,
+    /// Job token → username: the user a job runs as (for job-token callers).
+    pub job_users: Vec<(String, String)>,
+}
+
 #[derive(Default)]
 struct State {
     jobs: HashMap<String, StandinJob>,
+    directory: RwLock<Directory>,
     base_url: String,
     recorded: Mutex<Vec<Recorded>>,
     lookups: AtomicUsize,
@@ -143,6 +186,13 @@ impl Standin {
         self.state.lookup_mode.store(mode as u8, Ordering::SeqCst);
     }
 
+    /// Users, projects and groups for the lookups the management API makes.
+    pub fn set_directory(&self, directory: Directory) {
+        if let Ok(mut d) = self.state.directory.write() {
+            *d = directory;
+        }
+    }
+
     /// Make `GET /api/v4/job` slow, so that concurrent first requests overlap.
     pub fn set_lookup_delay(&self, delay: Duration) {
         let ms = usize::try_from(delay.as_millis()).unwrap_or(usize::MAX);
@@ -199,6 +249,9 @@ fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
 async fn serve(state: &State, mut req: Request<Incoming>) -> Response<Body> {
     if req.uri().path() == "/api/v4/job" && req.method() == http::Method::GET {
         return job_lookup(state, &req).await;
+    }
+    if let Some(resp) = directory_lookup(state, &req) {
+        return resp;
     }
     let method = req.method().to_string();
     let target = req
@@ -429,6 +482,231 @@ async fn job_lookup(state: &State, req: &Request<Incoming>) -> Response<Body> {
                 "web_url": format!("{base}/{}/-/pipelines/{}", job.project_path, job.job_id + 1000),
             },
             "project": {"ci_job_token_scope_enabled": false},
+        }),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Users, projects and groups.
+
+fn record_lookup(state: &State, req: &Request<Incoming>) {
+    let target = req
+        .uri()
+        .path_and_query()
+        .map(|pq| pq.as_str().to_string())
+        .unwrap_or_default();
+    let headers = req
+        .headers()
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    if let Ok(mut r) = state.recorded.lock() {
+        r.push(Recorded {
+            method: req.method().to_string(),
+            target,
+            headers,
+            body_len: 0,
+            body_sha256: String::new(),
+        });
+    }
+}
+
+/// The credential a directory lookup presents, if any.
+fn user_credential(req: &Request<Incoming>) -> Option<String> {
+    let h = req.headers();
+    let header = |name: &str| {
+        h.get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    header("private-token")
+        .or_else(|| {
+            header("authorization").and_then(|v| v.strip_prefix("Bearer ").map(str::to_string))
+        })
+        .or_else(|| header("job-token"))
+        .or_else(|| query_param(req.uri().query(), "private_token").map(str::to_string))
+}
+
+/// `GET /api/v4/projects/:id` and `GET /api/v4/groups/:id` from the directory; `None` when the
+/// request is not one of those or the directory is empty (the echo answers it).
+fn directory_lookup(state: &State, req: &Request<Incoming>) -> Option<Response<Body>> {
+    if req.method() != http::Method::GET {
+        return None;
+    }
+    let path = req.uri().path();
+    let (kind, seg) = if let Some(seg) = path.strip_prefix("/api/v4/projects/") {
+        ("project", seg)
+    } else if let Some(seg) = path.strip_prefix("/api/v4/groups/") {
+        ("group", seg)
+    } else {
+        return None;
+    };
+    if seg.is_empty() || seg.contains('/') {
+        return None;
+    }
+    let dir = state.directory.read().ok()?;
+    if dir.users.is_empty() {
+        return None;
+    }
+    let token = user_credential(req)?;
+    record_lookup(state, req);
+    let user = dir.users.iter().find(|u| u.token == token).or_else(|| {
+        let name = dir
+            .job_users
+            .iter()
+            .find(|(t, _)| *t == token)
+            .map(|(_, n)| n)?;
+        dir.users.iter().find(|u| &u.username == name)
+    });
+    let Some(user) = user else {
+        return Some(json(
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!({"message": "401 Unauthorized"}),
+        ));
+    };
+    let name = percent_encoding::percent_decode_str(seg)
+        .decode_utf8_lossy()
+        .into_owned();
+    let base = &state.base_url;
+    Some(match kind {
+        "project" => project_document(&dir, user, &name, base),
+        _ => group_document(&dir, user, &name, base),
+    })
+}
+
+fn under(path: &str, group: &str) -> bool {
+    path.len() > group.len()
+        && path[..group.len()].eq_ignore_ascii_case(group)
+        && path.as_bytes()[group.len()] == b'/'
+}
+
+fn group_level(user: &StandinUser, path: &str) -> u64 {
+    user.groups
+        .iter()
+        .filter(|(g, _)| under(path, g) || path.eq_ignore_ascii_case(g))
+        .map(|(_, l)| *l)
+        .max()
+        .unwrap_or(0)
+}
+
+fn access(level: u64) -> serde_json::Value {
+    if level == 0 {
+        serde_json::Value::Null
+    } else {
+        serde_json::json!({"access_level": level, "notification_level": 3})
+    }
+}
+
+fn last(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+fn project_document(dir: &Directory, user: &StandinUser, name: &str, base: &str) -> Response<Body> {
+    let found = dir.projects.iter().find(|p| match name.parse::<u64>() {
+        Ok(id) => p.id == id,
+        Err(_) => p.path.eq_ignore_ascii_case(name),
+    });
+    let not_found = || {
+        json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"message": "404 Project Not Found"}),
+        )
+    };
+    let Some(p) = found else { return not_found() };
+    let project_level = user
+        .projects
+        .iter()
+        .filter(|(id, _)| *id == p.id)
+        .map(|(_, l)| *l)
+        .max()
+        .unwrap_or(0);
+    let group_level = group_level(user, &p.path);
+    if !p.public && project_level == 0 && group_level == 0 {
+        return not_found();
+    }
+    let namespace = p.path.rsplit_once('/').map(|(ns, _)| ns).unwrap_or("");
+    let namespace_id = dir
+        .groups
+        .iter()
+        .find(|g| g.full_path.eq_ignore_ascii_case(namespace))
+        .map(|g| g.id);
+    json(
+        StatusCode::OK,
+        serde_json::json!({
+            "id": p.id,
+            "description": null,
+            "name": last(&p.path),
+            "name_with_namespace": p.path.replace('/', " / "),
+            "path": last(&p.path),
+            "path_with_namespace": p.path,
+            "created_at": "2024-01-01T00:00:00.000Z",
+            "default_branch": "main",
+            "tag_list": [],
+            "topics": [],
+            "ssh_url_to_repo": format!("git@standin:{}.git", p.path),
+            "http_url_to_repo": format!("{base}/{}.git", p.path),
+            "web_url": format!("{base}/{}", p.path),
+            "avatar_url": null,
+            "star_count": 0,
+            "last_activity_at": "2024-01-01T00:00:00.000Z",
+            "namespace": {
+                "id": namespace_id,
+                "name": last(namespace),
+                "path": last(namespace),
+                "kind": "group",
+                "full_path": namespace,
+                "parent_id": null,
+                "avatar_url": null,
+                "web_url": format!("{base}/groups/{namespace}"),
+            },
+            "visibility": if p.public { "public" } else { "private" },
+            "permissions": {
+                "project_access": access(project_level),
+                "group_access": access(group_level),
+            },
+        }),
+    )
+}
+
+fn group_document(dir: &Directory, user: &StandinUser, name: &str, base: &str) -> Response<Body> {
+    let found = dir.groups.iter().find(|g| match name.parse::<u64>() {
+        Ok(id) => g.id == id,
+        Err(_) => g.full_path.eq_ignore_ascii_case(name),
+    });
+    let not_found = || {
+        json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"message": "404 Group Not Found"}),
+        )
+    };
+    let Some(g) = found else { return not_found() };
+    // Visible: public, a member of it or of a group above it, or of a project below it.
+    let member_below = user.projects.iter().any(|(id, _)| {
+        dir.projects
+            .iter()
+            .any(|p| p.id == *id && under(&p.path, &g.full_path))
+    }) || user
+        .groups
+        .iter()
+        .any(|(path, _)| under(path, &g.full_path));
+    if !g.public && group_level(user, &g.full_path) == 0 && !member_below {
+        return not_found();
+    }
+    json(
+        StatusCode::OK,
+        serde_json::json!({
+            "id": g.id,
+            "name": last(&g.full_path),
+            "path": last(&g.full_path),
+            "full_path": g.full_path,
+            "full_name": g.full_path.replace('/', " / "),
+            "web_url": format!("{base}/groups/{}", g.full_path),
+            "visibility": if g.public { "public" } else { "private" },
         }),
     )
 }

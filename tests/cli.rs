@@ -112,4 +112,8 @@ fn demo_shows_one_allowed_and_one_denied_call() {
     assert!(stdout.contains("-> 200"), "{stdout}");
     assert!(stdout.contains("-> 403"), "{stdout}");
     assert!(stdout.contains("curl"), "{stdout}");
+    assert!(
+        stdout.contains(r#"-> 200 {"inbound_enabled":true,"outbound_enabled":true}"#),
+        "{stdout}"
+    );
 }

@@ -66,6 +66,8 @@ async fn sigterm_drains_and_logs_hold_no_tokens() {
         ])
         .arg("--scopes")
         .arg(&scopes)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
         .stdout(Stdio::from(
             std::fs::File::create(dir.path().join("stdout.log")).unwrap(),
         ))

@@ -123,6 +123,8 @@ async fn sighup_reloads_the_scope_file() {
         .arg(&scopes)
         .arg("--config")
         .arg(&config)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

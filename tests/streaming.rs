@@ -78,6 +78,8 @@ async fn big_bodies_stream_in_bounded_memory() {
         ])
         .arg("--scopes")
         .arg(&scopes)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

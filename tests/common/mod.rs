@@ -15,6 +15,7 @@ use scopegate::standin::{Standin, StandinJob};
 use scopegate::Running;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+pub mod manage;
 pub mod scopes;
 
 pub const BOT: &str = "glcbt-bot-job-token-0001";
@@ -46,6 +47,7 @@ pub struct Harness {
     pub gw: Running,
     pub dir: tempfile::TempDir,
     pub scopes: PathBuf,
+    pub settings: Settings,
     client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
 }
 
@@ -79,16 +81,42 @@ impl Harness {
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
             upstream: Some(forge.url()),
             scopes: Some(path.clone()),
+            state_dir: dir.path().join("state"),
             ..Settings::default()
         };
         tweak(&mut settings);
-        let gw = scopegate::start(settings).await.unwrap();
+        let gw = scopegate::start(settings.clone()).await.unwrap();
         let client = Client::builder(TokioExecutor::new()).build_http();
         Harness {
             forge,
             gw,
             dir,
             scopes: path,
+            settings,
+            client,
+        }
+    }
+
+    /// Stop the gateway (drain, flush the authorization log) and start it again with the same
+    /// settings, scope file and state directory, in front of the same forge.
+    pub async fn restart(self) -> Harness {
+        let Harness {
+            forge,
+            gw,
+            dir,
+            scopes,
+            settings,
+            client,
+        } = self;
+        gw.shutdown();
+        gw.wait().await;
+        let gw = scopegate::start(settings.clone()).await.unwrap();
+        Harness {
+            forge,
+            gw,
+            dir,
+            scopes,
+            settings,
             client,
         }
     }
