@@ -57,8 +57,11 @@ if ! out=$(systemd-analyze verify "$tmp/scopegate.service" 2>&1); then
     echo "$out"
     fail "systemd-analyze verify failed on $unit"
 fi
-if grep -F 'scopegate' <<<"$out"; then
-    fail "systemd-analyze verify warned about $unit (above)"
+if [ -n "$out" ]; then
+    echo "$out"
+    if grep -qF 'scopegate' <<<"$out"; then
+        fail "systemd-analyze verify warned about $unit (above)"
+    fi
 fi
 if ! out=$(systemd-analyze security --offline=yes --threshold="$SECURITY_THRESHOLD" --no-pager \
     "$tmp/scopegate.service" 2>&1); then
