@@ -186,11 +186,9 @@ fn body_of(response: &str) -> &str {
 }
 
 /// One request on its own connection: (status, whole response).
-async fn get(addr: SocketAddr, path: &str, job_token: Option<&str>) -> (u16, String) {
-    let auth = job_token
-        .map(|t| format!("JOB-TOKEN: {t}\r\n"))
-        .unwrap_or_default();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: gw\r\n{auth}Connection: close\r\n\r\n");
+async fn request(addr: SocketAddr, method: &str, path: &str, headers: &str) -> (u16, String) {
+    let request =
+        format!("{method} {path} HTTP/1.1\r\nHost: gw\r\n{headers}Connection: close\r\n\r\n");
     let response = raw(addr, request.as_bytes()).await;
     let status = response
         .split(' ')
@@ -200,16 +198,15 @@ async fn get(addr: SocketAddr, path: &str, job_token: Option<&str>) -> (u16, Str
     (status, response)
 }
 
+async fn get(addr: SocketAddr, path: &str, job_token: Option<&str>) -> (u16, String) {
+    let auth = job_token
+        .map(|t| format!("JOB-TOKEN: {t}\r\n"))
+        .unwrap_or_default();
+    request(addr, "GET", path, &auth).await
+}
+
 async fn post(addr: SocketAddr, path: &str) -> u16 {
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: gw\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    let response = raw(addr, request.as_bytes()).await;
-    response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
+    request(addr, "POST", path, "Content-Length: 0\r\n").await.0
 }
 
 /// Take acme/app (the allowed request's target) off the bot's outbound allowlist.
