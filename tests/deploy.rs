@@ -5,12 +5,14 @@
 //!   binary replaced by the one cargo built and `/etc/scopegate/...` moved under a temporary
 //!   directory holding the files the unit's install steps put there (config/scopegate.toml and
 //!   config/scopes.toml), its `Environment=` and `WorkingDirectory=`; then its `ExecReload=`
-//!   (SIGHUP) and `KillSignal=` (SIGTERM, exit 0 within `TimeoutStopSec=`);
+//!   (SIGHUP: a new generation), an edit of the scope file (picked up by the watcher through
+//!   the sandbox's read-only view) and `KillSignal=` (SIGTERM, exit 0 within `TimeoutStopSec=`);
 //! - the Kubernetes base (deploy/k8s/base): the Deployment container's `command` + `args`
 //!   exactly, with the binary replaced and every volume laid out under a temporary directory
 //!   the way the kubelet mounts it (a ConfigMap as `..<timestamp>/` + `..data` symlink + one
 //!   symlink per key, an emptyDir as a directory); then a ConfigMap update as the kubelet does it
-//!   (a new `..<timestamp>` directory and an atomic rename of `..data`) flips a decision.
+//!   (a new `..<timestamp>` directory and an atomic rename of `..data`) flips a decision with no
+//!   signal or call: the watcher follows the swap.
 //!
 //! What is rewritten, and only that: in the settings file, `listen` and `admin` become free
 //! loopback ports (after checking they match the ports the unit or the manifests expose),
@@ -140,12 +142,6 @@ impl Gateway {
         assert!(reached[0].ends_with("/merge_requests"), "{reached:?}");
     }
 
-    async fn generation(&self) -> u64 {
-        let (_, body) = get(self.admin, "/-/policy", None).await;
-        let policy: serde_json::Value = serde_json::from_str(body_of(&body)).unwrap();
-        policy["generation"].as_u64().unwrap()
-    }
-
     /// SIGTERM (both deployments' stop signal): the drain with nothing in flight ends at once,
     /// exit 0, within `deadline`.
     fn terminate(&mut self, deadline: Duration) {
@@ -181,14 +177,28 @@ fn signal(child: &Child, sig: &str) {
     assert!(ok, "kill {sig}");
 }
 
-fn body_of(response: &str) -> &str {
-    response.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+/// `generation` from the admin listener's `GET /-/policy`.
+async fn generation(admin: SocketAddr) -> u64 {
+    let (_, response) = get(admin, "/-/policy", None).await;
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let policy: serde_json::Value = serde_json::from_str(body).unwrap();
+    policy["generation"].as_u64().unwrap()
 }
 
-/// One request on its own connection: (status, whole response).
-async fn request(addr: SocketAddr, method: &str, path: &str, headers: &str) -> (u16, String) {
-    let request =
-        format!("{method} {path} HTTP/1.1\r\nHost: gw\r\n{headers}Connection: close\r\n\r\n");
+/// `eventually`, for 10 s, that the allowed request is now denied.
+async fn flips_to_denied(listen: SocketAddr) -> bool {
+    eventually(Duration::from_secs(10), move || async move {
+        get(listen, ALLOWED, Some(BOT)).await.0 == 403
+    })
+    .await
+}
+
+/// One GET on its own connection: (status, whole response).
+async fn get(addr: SocketAddr, path: &str, job_token: Option<&str>) -> (u16, String) {
+    let auth = job_token
+        .map(|t| format!("JOB-TOKEN: {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: gw\r\n{auth}Connection: close\r\n\r\n");
     let response = raw(addr, request.as_bytes()).await;
     let status = response
         .split(' ')
@@ -196,17 +206,6 @@ async fn request(addr: SocketAddr, method: &str, path: &str, headers: &str) -> (
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     (status, response)
-}
-
-async fn get(addr: SocketAddr, path: &str, job_token: Option<&str>) -> (u16, String) {
-    let auth = job_token
-        .map(|t| format!("JOB-TOKEN: {t}\r\n"))
-        .unwrap_or_default();
-    request(addr, "GET", path, &auth).await
-}
-
-async fn post(addr: SocketAddr, path: &str) -> u16 {
-    request(addr, "POST", path, "Content-Length: 0\r\n").await.0
 }
 
 /// Take acme/app (the allowed request's target) off the bot's outbound allowlist.
@@ -327,8 +326,9 @@ async fn systemd_unit_execstart_serves_reloads_and_stops() {
     gw.wait_ready("/-/ready").await;
     gw.allows_and_denies(&forge).await;
 
-    // ExecReload=, run as systemd would, with $MAINPID.
-    std::fs::write(etc.join("scopes.toml"), narrow(&scopes)).unwrap();
+    // ExecReload=, run as systemd would, with $MAINPID: SIGHUP reloads even an unchanged file
+    // (the watcher does not), so a new generation is SIGHUP's doing.
+    let before = generation(admin).await;
     let reload = one(&service, "ExecReload").replace("$MAINPID", &gw.child.id().to_string());
     let words: Vec<&str> = reload.split_whitespace().collect();
     assert_eq!(words[..2], ["/bin/kill", "-HUP"]);
@@ -338,14 +338,22 @@ async fn systemd_unit_execstart_serves_reloads_and_stops() {
         .unwrap()
         .success());
     assert!(
-        eventually(Duration::from_secs(10), || async {
-            get(listen, ALLOWED, Some(BOT)).await.0 == 403
+        eventually(Duration::from_secs(10), move || async move {
+            generation(admin).await > before
         })
         .await,
         "SIGHUP did not reload; it printed:\n{}",
         gw.output()
     );
-    assert!(gw.generation().await >= 2);
+
+    // Ops edit /etc/scopegate/scopes.toml: the watcher reloads it (ReadOnlyPaths= lets it read
+    // and watch), and the decision flips.
+    std::fs::write(etc.join("scopes.toml"), narrow(&scopes)).unwrap();
+    assert!(
+        flips_to_denied(listen).await,
+        "the edit was not picked up; it printed:\n{}",
+        gw.output()
+    );
 
     // KillSignal= drains; TimeoutStopSec= leaves the drain deadline room.
     assert_eq!(one(&service, "KillSignal"), "SIGTERM");
@@ -565,16 +573,19 @@ async fn kubernetes_deployment_and_configmaps_serve_and_live_reload() {
     assert!(metrics.contains("scopegate_policy_generation"), "{metrics}");
     gw.allows_and_denies(&forge).await;
 
-    // `kubectl apply` of an edited scope ConfigMap, as the kubelet then writes it; the reload
-    // (the file watcher, or POST /-/reload as here) follows the new `..data`.
-    let before = gw.generation().await;
+    // `kubectl apply` of an edited scope ConfigMap, as the kubelet then writes it: the watcher
+    // follows the new `..data`; no signal, no call, no restart.
+    let before = generation(admin).await;
     let mut edited = scopes_data;
     let scopes = edited.get_mut("scopes.toml").unwrap();
     *scopes = narrow(scopes);
     write_configmap(&scopes_dir, &edited, "2026_01_01_00_01_00.000000002");
-    assert_eq!(post(admin, "/-/reload").await, 200, "{}", gw.output());
-    assert!(gw.generation().await > before);
-    assert_eq!(get(listen, ALLOWED, Some(BOT)).await.0, 403);
+    assert!(
+        flips_to_denied(listen).await,
+        "the ..data swap was not picked up; it printed:\n{}",
+        gw.output()
+    );
+    assert!(generation(admin).await > before);
 
     // Termination: the preStop sleep, then SIGTERM and the drain, inside the grace period.
     let grace = Duration::from_secs(pod["terminationGracePeriodSeconds"].as_u64().unwrap());
