@@ -346,8 +346,8 @@ async fn systemd_unit_execstart_serves_reloads_and_stops() {
         gw.output()
     );
 
-    // Ops edit /etc/scopegate/scopes.toml: the watcher reloads it (ReadOnlyPaths= lets it read
-    // and watch), and the decision flips.
+    // Ops edit /etc/scopegate/scopes.toml: the watcher reloads it (watching needs only the read
+    // access ReadOnlyPaths= leaves), and the decision flips.
     std::fs::write(etc.join("scopes.toml"), narrow(&scopes)).unwrap();
     assert!(
         flips_to_denied(listen).await,
