@@ -12,7 +12,8 @@
 //!   the way the kubelet mounts it (a ConfigMap as `..<timestamp>/` + `..data` symlink + one
 //!   symlink per key, an emptyDir as a directory); then a ConfigMap update as the kubelet does it
 //!   (a new `..<timestamp>` directory and an atomic rename of `..data`) flips a decision with no
-//!   signal or call: the watcher follows the swap.
+//!   signal or call: the watcher follows the swap. The management API answers 409 there (the
+//!   ConfigMap's files are read-only), and the authorization log lands on the emptyDir.
 //!
 //! What is rewritten, and only that: in the settings file, `listen` and `admin` become free
 //! loopback ports (after checking they match the ports the unit or the manifests expose),
@@ -31,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use common::{eventually, jobs, raw, BOT};
 use scopegate::settings::Settings;
-use scopegate::standin::Standin;
+use scopegate::standin::{Directory, Standin, StandinProject, StandinUser};
 use serde_yaml_ng::Value;
 
 fn repo(path: &str) -> PathBuf {
@@ -50,9 +51,10 @@ fn free_loopback() -> SocketAddr {
 const ALLOWED: &str = "/api/v4/projects/acme%2Fapp/merge_requests";
 const DENIED: &str = "/api/v4/projects/globex%2Ftool/merge_requests";
 
-/// The settings file as the deployment ships it, with the listeners moved to free loopback ports
-/// and the forge replaced by the stand-in. Returns the rewritten text and the original
-/// listen / admin ports (to compare with what the unit or the manifests expose).
+/// The settings file as the deployment ships it, with the listeners moved to free loopback ports,
+/// the forge replaced by the stand-in and absolute `scopes` / `state_dir` paths moved under the
+/// temporary root. Returns the rewritten text and the original listen / admin ports (to compare
+/// with what the unit or the manifests expose).
 fn rewrite_settings(
     text: &str,
     forge: &Standin,
@@ -70,11 +72,15 @@ fn rewrite_settings(
     table.insert("admin".into(), admin.to_string().into());
     table.insert("upstream".into(), forge.url().into());
     table.insert("forge_external_url".into(), forge.url().into());
-    let scopes = table["scopes"].as_str().unwrap().to_string();
-    if Path::new(&scopes).is_absolute() {
-        let moved = move_path(&scopes)
-            .unwrap_or_else(|| panic!("the scope file {scopes} is outside the config mounts"));
-        table.insert("scopes".into(), moved.into());
+    for key in ["scopes", "state_dir"] {
+        let Some(path) = table.get(key).and_then(|v| v.as_str()).map(str::to_string) else {
+            continue;
+        };
+        if Path::new(&path).is_absolute() {
+            let moved = move_path(&path)
+                .unwrap_or_else(|| panic!("{key} = {path:?} is outside the deployment's paths"));
+            table.insert(key.into(), moved.into());
+        }
     }
     (toml::to_string(&table).unwrap(), listen_port, admin_port)
 }
@@ -193,12 +199,12 @@ async fn flips_to_denied(listen: SocketAddr) -> bool {
     .await
 }
 
-/// One GET on its own connection: (status, whole response).
-async fn get(addr: SocketAddr, path: &str, job_token: Option<&str>) -> (u16, String) {
-    let auth = job_token
-        .map(|t| format!("JOB-TOKEN: {t}\r\n"))
-        .unwrap_or_default();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: gw\r\n{auth}Connection: close\r\n\r\n");
+/// One request on its own connection: (status, whole response).
+async fn send(addr: SocketAddr, head: &str, headers: &str, body: &str) -> (u16, String) {
+    let request = format!(
+        "{head} HTTP/1.1\r\nHost: gw\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
     let response = raw(addr, request.as_bytes()).await;
     let status = response
         .split(' ')
@@ -206,6 +212,13 @@ async fn get(addr: SocketAddr, path: &str, job_token: Option<&str>) -> (u16, Str
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     (status, response)
+}
+
+async fn get(addr: SocketAddr, path: &str, job_token: Option<&str>) -> (u16, String) {
+    let auth = job_token
+        .map(|t| format!("JOB-TOKEN: {t}\r\n"))
+        .unwrap_or_default();
+    send(addr, &format!("GET {path}"), &auth, "").await
 }
 
 /// Take acme/app (the allowed request's target) off the bot's outbound allowlist.
@@ -276,16 +289,22 @@ async fn systemd_unit_execstart_serves_reloads_and_stops() {
     let service = unit_section(&unit, "Service");
     let config_dir = one(&service, "ReadOnlyPaths");
     assert_eq!(config_dir, "/etc/scopegate");
+    // StateDirectory=scopegate is /var/lib/scopegate, the only writable path.
+    assert_eq!(one(&service, "StateDirectory"), "scopegate");
+    let state_dir = "/var/lib/scopegate";
     let root = tempfile::tempdir().unwrap();
+    let under_root = |p: &str| root.path().join(p.trim_start_matches('/'));
     let move_path = |p: &str| {
-        p.strip_prefix(config_dir)
-            .map(|rest| format!("{}{rest}", root.path().join("etc/scopegate").display()))
+        [config_dir, state_dir]
+            .iter()
+            .any(|d| p == *d || p.starts_with(&format!("{d}/")))
+            .then(|| under_root(p).display().to_string())
     };
 
     // /etc/scopegate as the unit's install steps lay it out, from config/.
     let forge = Standin::start(jobs()).await.unwrap();
     let (listen, admin) = (free_loopback(), free_loopback());
-    let etc = root.path().join("etc/scopegate");
+    let etc = under_root(config_dir);
     std::fs::create_dir_all(&etc).unwrap();
     let shipped = std::fs::read_to_string(repo("config/scopegate.toml")).unwrap();
     let (settings, _, admin_port) = rewrite_settings(&shipped, &forge, listen, admin, move_path);
@@ -293,11 +312,8 @@ async fn systemd_unit_execstart_serves_reloads_and_stops() {
     std::fs::write(etc.join("scopegate.toml"), settings).unwrap();
     let scopes = std::fs::read_to_string(repo("config/scopes.toml")).unwrap();
     std::fs::write(etc.join("scopes.toml"), &scopes).unwrap();
-    // StateDirectory= / WorkingDirectory=
-    assert_eq!(one(&service, "StateDirectory"), "scopegate");
-    let state = root
-        .path()
-        .join(one(&service, "WorkingDirectory").trim_start_matches('/'));
+    assert_eq!(one(&service, "WorkingDirectory"), state_dir);
+    let state = under_root(state_dir);
     std::fs::create_dir_all(&state).unwrap();
 
     // ExecStart=, exactly, but for the binary and the config directory.
@@ -325,6 +341,9 @@ async fn systemd_unit_execstart_serves_reloads_and_stops() {
     let mut gw = Gateway::spawn(&argv, &env, &state, listen, admin);
     gw.wait_ready("/-/ready").await;
     gw.allows_and_denies(&forge).await;
+    // The authorization log is in the state directory, nowhere under /etc/scopegate.
+    assert!(state.join("authorizations.sqlite3").exists());
+    assert!(!etc.join("state").exists());
 
     // ExecReload=, run as systemd would, with $MAINPID: SIGHUP reloads even an unchanged file
     // (the watcher does not), so a new generation is SIGHUP's doing.
@@ -398,14 +417,17 @@ fn str_list(v: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// A ConfigMap volume as the kubelet writes it: the keys in `..<timestamp>/`, `..data` pointing
-/// at that directory, and a symlink per key through `..data`.
-fn write_configmap(dir: &Path, data: &BTreeMap<String, String>, stamp: &str) {
+/// A ConfigMap volume as the kubelet writes it: the keys in `..<timestamp>/` with the volume's
+/// `defaultMode`, `..data` pointing at that directory, and a symlink per key through `..data`.
+fn write_configmap(dir: &Path, data: &BTreeMap<String, String>, mode: u32, stamp: &str) {
+    use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir).unwrap();
     let version = format!("..{stamp}");
     std::fs::create_dir(dir.join(&version)).unwrap();
     for (key, value) in data {
-        std::fs::write(dir.join(&version).join(key), value).unwrap();
+        let file = dir.join(&version).join(key);
+        std::fs::write(&file, value).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
     }
     let staged = dir.join("..data_tmp");
     std::os::unix::fs::symlink(&version, &staged).unwrap();
@@ -468,7 +490,7 @@ async fn kubernetes_deployment_and_configmaps_serve_and_live_reload() {
     let move_path = |p: &str| {
         mounts
             .iter()
-            .any(|(_, m)| p.starts_with(&format!("{m}/")))
+            .any(|(_, m)| p == m || p.starts_with(&format!("{m}/")))
             .then(|| under_root(p).display().to_string())
     };
 
@@ -489,6 +511,7 @@ async fn kubernetes_deployment_and_configmaps_serve_and_live_reload() {
     let (listen, admin) = (free_loopback(), free_loopback());
     let mut settings_port = (0, 0);
     let mut scopes_mount = None;
+    let mut writable = Vec::new();
     for volume in pod["volumes"].as_sequence().unwrap() {
         let name = volume["name"].as_str().unwrap();
         let (_, mount_path) = mounts.iter().find(|(n, _)| n == name).unwrap();
@@ -502,16 +525,21 @@ async fn kubernetes_deployment_and_configmaps_serve_and_live_reload() {
                     settings_port = (l, a);
                 }
             }
+            // The kubelet's default is 0644.
+            let mode = volume["configMap"]["defaultMode"].as_u64().unwrap_or(0o644);
+            let mode = u32::try_from(mode).unwrap();
             if data.contains_key("scopes.toml") {
-                scopes_mount = Some((dir.clone(), data.clone()));
+                scopes_mount = Some((dir.clone(), data.clone(), mode));
             }
-            write_configmap(&dir, &data, "2026_01_01_00_00_00.000000001");
+            write_configmap(&dir, &data, mode, "2026_01_01_00_00_00.000000001");
         } else {
             assert!(volume.get("emptyDir").is_some(), "{volume:?}");
             std::fs::create_dir_all(&dir).unwrap();
+            writable.push(dir);
         }
     }
-    let (scopes_dir, scopes_data) = scopes_mount.expect("a ConfigMap holds scopes.toml");
+    let (scopes_dir, scopes_data, scopes_mode) =
+        scopes_mount.expect("a ConfigMap holds scopes.toml");
 
     // The ports and paths the manifests use are the ones the settings file opens.
     let port_of = |name: &str| -> u16 {
@@ -573,13 +601,55 @@ async fn kubernetes_deployment_and_configmaps_serve_and_live_reload() {
     assert!(metrics.contains("scopegate_policy_generation"), "{metrics}");
     gw.allows_and_denies(&forge).await;
 
+    // The authorization log lives on the pod's emptyDir: the root filesystem is read-only.
+    let settings = Settings::load(&under_root(&settings_path)).unwrap();
+    assert!(
+        writable.iter().any(|w| settings.state_dir.starts_with(w)),
+        "state_dir {:?} is not on an emptyDir",
+        settings.state_dir
+    );
+    assert!(settings.state_dir.join("authorizations.sqlite3").exists());
+
+    // The scope file comes from the ConfigMap: a maintainer's change through the management API
+    // is refused with 409, and the policy stays as the ConfigMap says.
+    const MAINTAINER: &str = "glpat-acme-app-maintainer";
+    forge.set_directory(Directory {
+        users: vec![StandinUser {
+            token: MAINTAINER.into(),
+            username: "maintainer".into(),
+            projects: vec![(11, 40)],
+            groups: vec![],
+        }],
+        projects: vec![StandinProject {
+            id: 11,
+            path: "acme/app".into(),
+            public: false,
+        }],
+        ..Directory::default()
+    });
+    let (status, response) = send(
+        listen,
+        "PATCH /-/scopegate/api/v4/projects/11/job_token_scope",
+        &format!("PRIVATE-TOKEN: {MAINTAINER}\r\nContent-Type: application/json\r\n"),
+        r#"{"enabled": false}"#,
+    )
+    .await;
+    assert_eq!(status, 409, "{response}");
+    assert!(response.contains("managed elsewhere"), "{response}");
+    gw.allows_and_denies(&forge).await;
+
     // `kubectl apply` of an edited scope ConfigMap, as the kubelet then writes it: the watcher
     // follows the new `..data`; no signal, no call, no restart.
     let before = generation(admin).await;
     let mut edited = scopes_data;
     let scopes = edited.get_mut("scopes.toml").unwrap();
     *scopes = narrow(scopes);
-    write_configmap(&scopes_dir, &edited, "2026_01_01_00_01_00.000000002");
+    write_configmap(
+        &scopes_dir,
+        &edited,
+        scopes_mode,
+        "2026_01_01_00_01_00.000000002",
+    );
     assert!(
         flips_to_denied(listen).await,
         "the ..data swap was not picked up; it printed:\n{}",
@@ -594,10 +664,7 @@ async fn kubernetes_deployment_and_configmaps_serve_and_live_reload() {
             .as_u64()
             .unwrap(),
     );
-    let drain = Settings::load(&under_root(&settings_path))
-        .unwrap()
-        .timeouts
-        .drain;
+    let drain = settings.timeouts.drain;
     assert!(
         grace >= pre_stop + drain + Duration::from_secs(5),
         "terminationGracePeriodSeconds {grace:?} < preStop {pre_stop:?} + drain {drain:?} + 5s"
