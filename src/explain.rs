@@ -102,6 +102,19 @@ pub fn explain(args: &ExplainArgs) -> ExitCode {
             println!("deny (403): the gateway cannot tell which project this route acts on");
             ExitCode::from(1)
         }
+        Target::Group { group, .. } => {
+            println!("target: {group}");
+            println!("deny (403): group-level routes are denied for job tokens");
+            ExitCode::from(1)
+        }
+        Target::InstancePackages => {
+            println!("deny (403): instance-level package routes are denied for job tokens");
+            ExitCode::from(1)
+        }
+        Target::Registry { .. } => {
+            println!("deny (403): registry token requests with scopes are not decided yet");
+            ExitCode::from(1)
+        }
         Target::Job { job_id } => {
             println!("allow only for the token's own job: job {job_id} must be the token's job, else 403");
             ExitCode::SUCCESS

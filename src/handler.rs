@@ -178,6 +178,13 @@ impl Gateway {
                     origin: origin.project,
                 });
             }
+            // Not decided yet (see the rules documented on each variant): fail closed.
+            Target::Group { .. } | Target::InstancePackages | Target::Registry { .. } => {
+                outcome.decision = "deny";
+                return Err(GatewayError::Unattributed {
+                    origin: origin.project,
+                });
+            }
             Target::Project {
                 project, id_span, ..
             } => {
