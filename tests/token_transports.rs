@@ -20,8 +20,11 @@ fn basic(user: &str, password: &str) -> String {
     )
 }
 
+/// Header name and value pairs.
+type Headers = Vec<(String, String)>;
+
 /// A request shape: extra query and headers carrying `token`.
-fn carriers(token: &str) -> Vec<(&'static str, String, Vec<(String, String)>)> {
+fn carriers(token: &str) -> Vec<(&'static str, String, Headers)> {
     let h = |n: &str, v: String| vec![(n.to_string(), v)];
     vec![
         (
@@ -164,7 +167,7 @@ async fn prefix_less_bearer_is_asked_of_the_forge() {
 #[tokio::test]
 async fn two_different_job_tokens_are_refused() {
     let h = Harness::start(MATRIX).await;
-    let cases: Vec<(&str, String, Vec<(String, String)>)> = vec![
+    let cases: Vec<(&str, String, Headers)> = vec![
         (
             "header + query",
             format!("job_token={APP}"),
@@ -216,7 +219,7 @@ async fn two_different_job_tokens_are_refused() {
 #[tokio::test]
 async fn requests_without_a_job_token_are_not_touched() {
     let h = Harness::start(MATRIX).await;
-    let cases: Vec<(&str, String, Vec<(String, String)>)> = vec![
+    let cases: Vec<(&str, String, Headers)> = vec![
         ("anonymous", String::new(), vec![]),
         (
             "PAT header",
