@@ -12,6 +12,7 @@ pub mod demo;
 pub mod error;
 pub mod explain;
 pub mod forward;
+pub mod fuzzing;
 pub mod handler;
 pub mod metrics;
 pub mod origin;
