@@ -164,6 +164,9 @@ impl Hasher for FoldHasher {
         if !rest.is_empty() {
             let mut word = [0u8; 8];
             word[..rest.len()].copy_from_slice(rest);
+            // The tail's length goes into its (always zero) top byte, so that tails differing
+            // only by trailing NULs (`"a"`, `"a\0"`) do not collide.
+            word[7] = rest.len() as u8;
             self.0 = fold(self.0 ^ u64::from_le_bytes(word) ^ MUL_B, MUL_A);
         }
     }
