@@ -220,14 +220,25 @@ pub fn target(data: &[u8]) {
         Target::Registry { scopes, .. } => {
             assert!(scopes.len() <= target::MAX_REGISTRY_SCOPES);
             for scope in scopes {
-                if let RegistryScope::Repository { candidates, .. } = scope {
+                if let RegistryScope::Repository {
+                    image, candidates, ..
+                } = scope
+                {
+                    assert_eq!(image.to_ascii_lowercase(), **image, "image not lowercased");
                     assert!(
                         (1..=3).contains(&candidates.len()),
                         "a repository scope needs 1 to 3 candidate projects"
                     );
                     for c in candidates {
-                        assert!(matches!(c, ProjectRef::Path(_)));
+                        let ProjectRef::Path(p) = c else {
+                            panic!("a registry candidate named by id");
+                        };
                         check_project_ref(c);
+                        assert!(
+                            **p == **image
+                                || image.strip_prefix(&**p).is_some_and(|r| r.starts_with('/')),
+                            "candidate {p:?} is not a prefix of the image {image:?}"
+                        );
                     }
                 }
             }

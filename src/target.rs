@@ -141,6 +141,8 @@ pub enum RegistryService {
 pub enum RegistryScope {
     /// `repository:<image path>:<actions>` (also `repository(<class>):…`).
     Repository {
+        /// The image path as the forge reads it (ASCII-lowercased), for messages and logs.
+        image: Box<str>,
         /// The projects the forge may resolve the image path to: its longest three prefixes
         /// of at least two components that are valid project paths, longest first,
         /// lowercased (`ContainerRegistry::Path#repository_project`). Never empty.
@@ -884,19 +886,20 @@ fn parse_registry_scope(scope: &str) -> Result<RegistryScope, TargetError> {
     // `actions.split(',')`: trailing empty fields dropped; anything but `pull` writes.
     let actions = actions.trim_end_matches(',');
     let write = !actions.is_empty() && actions.split(',').any(|a| a != "pull");
+    let image = name.to_ascii_lowercase();
     Ok(RegistryScope::Repository {
-        candidates: registry_candidates(name)?,
+        candidates: registry_candidates(&image)?,
+        image: image.into_boxed_str(),
         write,
     })
 }
 
-/// `ContainerRegistry::Path`: the name downcased, checked against
+/// `ContainerRegistry::Path`: the (downcased) name checked against
 /// `container_repository_name_regex`, 2..19 components; its longest three prefixes of at
 /// least two components that are valid project paths.
 fn registry_candidates(name: &str) -> Result<Vec<ProjectRef>, TargetError> {
-    let name = name.to_ascii_lowercase();
     let components = name.split('/').count();
-    if !is_container_repository_name(&name) || !(2..20).contains(&components) {
+    if !is_container_repository_name(name) || !(2..20).contains(&components) {
         return Err(TargetError::InvalidRegistryImagePath);
     }
     let mut candidates = Vec::with_capacity(3);
@@ -1038,6 +1041,7 @@ mod tests {
 
     fn repo_scope(candidates: &[&str], write: bool) -> RegistryScope {
         RegistryScope::Repository {
+            image: candidates[0].to_ascii_lowercase().into(),
             candidates: candidates.iter().map(|c| ProjectRef::path(c)).collect(),
             write,
         }
