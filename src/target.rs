@@ -185,9 +185,10 @@ pub enum Target {
     /// best, and the gateway cannot enumerate a group's projects without the forge's
     /// database. Allowing the route because the origin's outbound allowlist covers the group
     /// would still skip the *inbound* limit of each project inside it, which rule 3 of the
-    /// policy requires. Every package format that has a group endpoint also has a
-    /// project-level one (`/projects/:id/packages/...`), which is decided normally, so bots
-    /// have a way that works. A later opt-in could allow a group when the scope file declares
+    /// policy requires. Most package formats also have project-level read routes
+    /// (`/projects/:id/packages/...`: Maven, npm, PyPI, NuGet, Generic, Helm, Debian, ...),
+    /// which are decided normally; Composer's package index exists only at group level, so
+    /// Composer installs with a job token stay denied until an opt-in exists. A later opt-in could allow a group when the scope file declares
     /// it "open" (every project in it admits every origin), but that needs a new scope-file
     /// key and is not the default.
     Group {
