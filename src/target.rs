@@ -188,9 +188,9 @@ pub enum Target {
     /// policy requires. Most package formats also have project-level read routes
     /// (`/projects/:id/packages/...`: Maven, npm, PyPI, NuGet, Generic, Helm, Debian, ...),
     /// which are decided normally; Composer's package index exists only at group level, so
-    /// Composer installs with a job token stay denied until an opt-in exists. A later opt-in could allow a group when the scope file declares
-    /// it "open" (every project in it admits every origin), but that needs a new scope-file
-    /// key and is not the default.
+    /// Composer installs with a job token stay denied until an opt-in exists. A later opt-in
+    /// could allow a group when the scope file declares it "open" (every project in it admits
+    /// every origin), but that needs a new scope-file key and is not the default.
     Group {
         group: GroupRef,
         /// Byte range of the `:id` segment when it names the group by (encoded) path.
