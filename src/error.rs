@@ -8,6 +8,7 @@ use http_body_util::Full;
 use crate::credentials::CredentialError;
 use crate::decide::Limit;
 use crate::project::ProjectIdentity;
+use crate::registry::Refusal;
 use crate::target::TargetError;
 
 /// Seconds a client should wait before retrying when the forge could not be asked.
@@ -30,6 +31,12 @@ pub enum GatewayError {
 
     #[error("CI/CD job token of {origin} may not be used on this route: the gateway cannot tell which project it acts on")]
     Unattributed { origin: ProjectIdentity },
+
+    #[error("CI/CD job token of {origin} may not be used for this registry token: {}", .refusal.message())]
+    RegistryRefused {
+        origin: ProjectIdentity,
+        refusal: Refusal,
+    },
 
     #[error("the request target is longer than {0} bytes")]
     UriTooLong(usize),
@@ -65,9 +72,9 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
             GatewayError::Credentials(_) | GatewayError::Target(_) => StatusCode::BAD_REQUEST,
-            GatewayError::OutOfScope { .. } | GatewayError::Unattributed { .. } => {
-                StatusCode::FORBIDDEN
-            }
+            GatewayError::OutOfScope { .. }
+            | GatewayError::Unattributed { .. }
+            | GatewayError::RegistryRefused { .. } => StatusCode::FORBIDDEN,
             GatewayError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             GatewayError::InvalidToken => StatusCode::UNAUTHORIZED,
             GatewayError::ForgeUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -91,6 +98,11 @@ impl GatewayError {
                 ..
             } => "inbound_limit",
             GatewayError::Unattributed { .. } => "unattributed_route",
+            GatewayError::RegistryRefused { refusal, .. } => match refusal {
+                Refusal::DependencyProxy => "registry_dependency_proxy",
+                Refusal::Catalog => "registry_catalog",
+                Refusal::WriteToOtherProject => "registry_write_to_other_project",
+            },
             GatewayError::UriTooLong(_) => "uri_too_long",
             GatewayError::InvalidToken => "invalid_token",
             GatewayError::ForgeUnavailable(_) => "forge_unavailable",

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use crate::cli::{CheckArgs, ExplainArgs};
 use crate::decide::{decide, Decision};
 use crate::project::ProjectRef;
+use crate::registry::{decide_registry, RegistryDecision};
 use crate::scope::{self, ScopeLimits};
 use crate::settings::Settings;
 use crate::target::{self, Target};
@@ -102,6 +103,27 @@ pub fn explain(args: &ExplainArgs) -> ExitCode {
             println!("deny (403): the gateway cannot tell which project this route acts on");
             ExitCode::from(1)
         }
+        Target::Group { group, .. } => {
+            println!("target: {group}");
+            println!("deny (403): group-level routes are denied for job tokens");
+            ExitCode::from(1)
+        }
+        Target::InstancePackages => {
+            println!("deny (403): instance-level package routes are denied for job tokens");
+            ExitCode::from(1)
+        }
+        Target::Registry { service, scopes } => {
+            match decide_registry(policy, args.mode.into(), &origin, service, &scopes) {
+                RegistryDecision::Refused(refusal) => {
+                    println!("deny (403): {}", refusal.message());
+                    ExitCode::from(1)
+                }
+                RegistryDecision::Decided { target, decision } => {
+                    println!("target: {target}");
+                    print_decision(decision)
+                }
+            }
+        }
         Target::Job { job_id } => {
             println!("allow only for the token's own job: job {job_id} must be the token's job, else 403");
             ExitCode::SUCCESS
@@ -109,13 +131,16 @@ pub fn explain(args: &ExplainArgs) -> ExitCode {
         Target::Project { project, .. } => {
             let target = policy.identify(&project);
             println!("target: {target}");
-            let decision = decide(policy, args.mode.into(), &origin, &target);
-            println!("{} ({})", decision.label(), decision.reason());
-            match decision {
-                Decision::Deny(_) => ExitCode::from(1),
-                _ => ExitCode::SUCCESS,
-            }
+            print_decision(decide(policy, args.mode.into(), &origin, &target))
         }
+    }
+}
+
+fn print_decision(decision: Decision) -> ExitCode {
+    println!("{} ({})", decision.label(), decision.reason());
+    match decision {
+        Decision::Deny(_) => ExitCode::from(1),
+        _ => ExitCode::SUCCESS,
     }
 }
 

@@ -22,6 +22,7 @@ use crate::manage::{self, Manager};
 use crate::metrics::Metrics;
 use crate::origin::{OriginError, OriginResolver, TokenKind};
 use crate::project::ProjectIdentity;
+use crate::registry::{decide_registry, RegistryDecision};
 use crate::snapshot::{PolicyStore, Snapshot};
 use crate::target::{self, RouteKind, Target};
 
@@ -190,7 +191,7 @@ impl Gateway {
 
         let target = target::parse(req.method(), path, query)?;
         outcome.route = Some(target.kind());
-        let (target_identity, rewrite) = match &target {
+        let (target_identity, rewrite, decision) = match &target {
             Target::ProjectLess => {
                 outcome.reason = "project_less_route";
                 let pq = upstream_target(path, None, query);
@@ -199,21 +200,38 @@ impl Gateway {
                     .forward(req, &pq, client, &self.metrics)
                     .await;
             }
-            Target::Unattributed => {
-                outcome.decision = "deny";
-                return Err(GatewayError::Unattributed {
-                    origin: origin.project,
-                });
-            }
             Target::Job { job_id } if origin.job_id == Some(*job_id) => {
-                (origin.project.clone(), None)
+                let own = origin.project.clone();
+                let decision = decide(&snapshot.policy, self.options.mode, &own, &own);
+                (own, None, decision)
             }
-            Target::Job { .. } => {
+            // Fail closed: group routes read every project of the group, instance-level package
+            // routes name no project the gateway can see, another job's project is unknown.
+            Target::Unattributed
+            | Target::Group { .. }
+            | Target::InstancePackages
+            | Target::Job { .. } => {
                 outcome.decision = "deny";
                 return Err(GatewayError::Unattributed {
                     origin: origin.project,
                 });
             }
+            Target::Registry { service, scopes } => match decide_registry(
+                &snapshot.policy,
+                self.options.mode,
+                &origin.project,
+                *service,
+                scopes,
+            ) {
+                RegistryDecision::Decided { target, decision } => (target, None, decision),
+                RegistryDecision::Refused(refusal) => {
+                    outcome.decision = "deny";
+                    return Err(GatewayError::RegistryRefused {
+                        origin: origin.project,
+                        refusal,
+                    });
+                }
+            },
             Target::Project {
                 project, id_span, ..
             } => {
@@ -223,17 +241,16 @@ impl Gateway {
                     (Some(span), Some(id)) => Some((span.clone(), id)),
                     _ => None,
                 };
-                (identity, rewrite)
+                let decision = decide(
+                    &snapshot.policy,
+                    self.options.mode,
+                    &origin.project,
+                    &identity,
+                );
+                (identity, rewrite, decision)
             }
         };
         outcome.target = Some(target_identity.clone());
-
-        let decision = decide(
-            &snapshot.policy,
-            self.options.mode,
-            &origin.project,
-            &target_identity,
-        );
         outcome.decision = decision.label();
         outcome.reason = decision.reason();
         self.authlog

@@ -1,19 +1,25 @@
 //! Which project a request acts on, read from the raw request path exactly as the forge
 //! (GitLab: nginx → Workhorse → Rails/Grape) reads it.
 //!
-//! Only requests that carry a job token come here. The parser is deliberately narrow: it
-//! recognises the project API (`/api/v4/projects/:id/...`), the job API, a short list of
-//! project-less routes, and the Git smart HTTP / LFS routes. Everything else is
-//! [`Target::Unattributed`], which the handler denies. Anything the forge could read in a
-//! different way than the gateway does is refused with a [`TargetError`] (HTTP 400).
+//! Only requests that carry a job token come here. The parser recognises the project API
+//! (`/api/v4/projects/:id/...`), the group API (`/api/v4/groups/:id/...`), the instance-level
+//! package API (`/api/v4/packages/...`), the job API, the container registry and dependency
+//! proxy token endpoint (`/jwt/auth`), a short list of project-less routes, the Git smart
+//! HTTP / LFS routes and a few project web routes under `/<project>/-/...`. Everything else
+//! is [`Target::Unattributed`], which the handler denies. Anything the forge could read in a
+//! different way than the gateway does is refused with a [`TargetError`] (HTTP 400). The
+//! route table in the README (section "Route coverage") lists every family.
 //!
 //! Facts this relies on (GitLab source):
 //! - `lib/api/helpers.rb` `find_project`: an `:id` of ASCII digits is a lookup by id, a value
 //!   containing `/` after URL decoding is a full-path lookup, anything else finds nothing.
 //!   The `:id` segment is `[^/]+` (`NAMESPACE_OR_PROJECT_REQUIREMENTS`), decoded once.
+//!   `find_group` is the same except that any non-numeric value is a full-path lookup (a
+//!   top-level group's path has no `/`).
 //! - Grape builds `params` as the query/body params deep-merged *with the routing args on
 //!   top*, so `?id=` in the query cannot replace the `:id` of the path. The query therefore
-//!   never changes the target.
+//!   never changes the target, except on `/jwt/auth`, whose `scope` and `service` parameters
+//!   *are* the target.
 //! - `config/routes/git_http.rb`: `*repository_path` must match `<full path>.git` (the regex is
 //!   case-sensitive, as is Workhorse's `^/.+\.git/` and `Gitlab::RepoPath`'s
 //!   `delete_suffix('.git')`); `<full path>/info/refs` redirects to the `.git` form.
@@ -21,7 +27,21 @@
 //!   the `.wiki` suffix (project wiki), `snippets/<n>` (snippet), `.design` suffix (design
 //!   repository). Suffixes are compared case-sensitively.
 //! - `Gitlab::PathRegex`: no namespace or project segment may end in `.git` (case-sensitive in
-//!   GitLab), so the first segment ending in `.git` ends the repository path.
+//!   GitLab), so the first segment ending in `.git` ends the repository path. No namespace
+//!   may be named `-` or a reserved top-level word (`TOP_LEVEL_ROUTES`, compared
+//!   case-insensitively), so everything before the first `/-/` of a web route is the
+//!   namespace/project path.
+//! - `JwtController#scopes_param` reads `scope` only from the raw query string
+//!   (`Rack::Utils.parse_query(request.query_string)['scope']`, every occurrence) and splits
+//!   each value on whitespace; `ContainerRegistryAuthenticationService#process_scope` splits a
+//!   scope as `type:name:actions` (`split(':', 3)`, actions split on `,`);
+//!   `ContainerRegistry::Path` downcases the name, requires
+//!   `container_repository_name_regex` and 2..19 components, and resolves the project with
+//!   `Project.where_full_path_in(nodes.first(3))`: the name's longest three prefixes of at
+//!   least two components. Push and delete are granted only to the job's own project
+//!   (`build_can_push?`, `build_can_delete?`).
+//! - `DependencyProxyAuthenticationService` ignores `scope` entirely: the token it returns is
+//!   bound to the job's *user*, not to a project.
 //! - nginx merges `//` and resolves dot segments (also percent-encoded ones) and Workhorse
 //!   `path.Clean`s the path for its own routing, while Rails sees the raw path: any path
 //!   where those readings could differ is refused.
@@ -29,7 +49,9 @@
 //! Choices where the forge's reading depends on its database, or is not worth following:
 //! - A percent-encoded fixed segment (`/api/v4/%70rojects/5`), a version other than `v4`, or
 //!   any `/api/...` route not listed here is Unattributed, never an error: Unattributed is
-//!   denied, so misreading a route as Unattributed can only be too strict.
+//!   denied, so misreading a route as Unattributed can only be too strict. GraphQL
+//!   (`/api/graphql`, which never accepts a job token) and the internal API
+//!   (`/api/v4/internal/...`) are Unattributed on purpose.
 //! - `.wiki.git` and `.design.git` repositories belong to the project without the suffix. The
 //!   forge first looks for a project literally named `x.wiki` / `x.design`; such names are
 //!   valid but rare, and the gateway cannot tell without the database (a known gap).
@@ -39,10 +61,18 @@
 //! - `<full path>/info/refs` (no `.git`) is a Git route of that project when the path is a
 //!   valid project path, else Unattributed (the forge only redirects valid paths, and the
 //!   redirect itself acts on nothing).
+//! - Web routes: GitLab's web controllers do not read job tokens at all (they have no Grape
+//!   `route_setting :authentication`), so a job token there authenticates nothing. The
+//!   gateway still only lets such a request through when it is in scope: the download
+//!   routes `/<project>/-/archive/…`, `/-/raw/…`, `/-/jobs/artifacts/…`,
+//!   `/-/jobs/<id>/artifacts…` and `/-/packages[/…]` are attributed to the project named
+//!   before `/-/` (a valid, unencoded project path whose first segment is not a reserved
+//!   top-level route); every other web route, and group web routes, are Unattributed.
 
+use std::borrow::Cow;
 use std::ops::Range;
 
-use crate::project::{is_valid_project_path, ProjectRef};
+use crate::project::{is_valid_group_path, is_valid_project_path, ProjectRef};
 
 /// What kind of route a request is, for logs and metrics (bounded set of labels).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,7 +80,13 @@ pub enum RouteKind {
     ProjectApi,
     Git,
     Lfs,
+    /// A project web route under `/<project>/-/...` (see the module docs for the list).
+    Web,
     JobApi,
+    GroupApi,
+    InstancePackages,
+    /// `/jwt/auth` with scopes, or for the dependency proxy.
+    RegistryAuth,
     ProjectLess,
     Unattributed,
 }
@@ -61,12 +97,70 @@ impl RouteKind {
             RouteKind::ProjectApi => "project_api",
             RouteKind::Git => "git",
             RouteKind::Lfs => "lfs",
+            RouteKind::Web => "web",
             RouteKind::JobApi => "job_api",
+            RouteKind::GroupApi => "group_api",
+            RouteKind::InstancePackages => "instance_packages",
+            RouteKind::RegistryAuth => "registry_auth",
             RouteKind::ProjectLess => "project_less",
             RouteKind::Unattributed => "unattributed",
         }
     }
 }
+
+/// A group as a request names it: by id or by full path (ASCII-lowercased, the forge looks
+/// groups up case-insensitively). Kept apart from [`ProjectRef`] so that a group can never be
+/// decided as if it were a project.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum GroupRef {
+    Id(u64),
+    Path(Box<str>),
+}
+
+impl std::fmt::Display for GroupRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GroupRef::Id(id) => write!(f, "group {id}"),
+            GroupRef::Path(p) => write!(f, "group {p}"),
+        }
+    }
+}
+
+/// Which token `/jwt/auth` is asked for (its `service` parameter).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegistryService {
+    /// `service=container_registry`: a registry token limited to the requested scopes.
+    ContainerRegistry,
+    /// `service=dependency_proxy`: a token for the group dependency proxies, bound to the job's
+    /// user and valid for every group that user can read; the forge ignores `scope`.
+    DependencyProxy,
+}
+
+/// One `scope` value of a `/jwt/auth` request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RegistryScope {
+    /// `repository:<image path>:<actions>` (also `repository(<class>):…`).
+    Repository {
+        /// The image path as the forge reads it (ASCII-lowercased), for messages and logs.
+        image: Box<str>,
+        /// The projects the forge may resolve the image path to: its longest three prefixes
+        /// of at least two components that are valid project paths, longest first,
+        /// lowercased (`ContainerRegistry::Path#repository_project`). Never empty.
+        ///
+        /// The forge's routes are unique, so at most one of them is a project: a project
+        /// cannot be the namespace of another project, nor share a path with a group.
+        candidates: Vec<ProjectRef>,
+        /// Any action other than `pull` was asked (`push`, `delete`, `*`, or one the gateway
+        /// does not know).
+        write: bool,
+    },
+    /// `registry:<name>:<actions>` (the forge knows only `registry:catalog:*`): the list of
+    /// every repository of the instance, granted to admins. Acts on no single project.
+    Registry,
+}
+
+/// At most this many scopes on one `/jwt/auth` request; more is refused (HTTP 400).
+pub const MAX_REGISTRY_SCOPES: usize = 32;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
@@ -81,10 +175,66 @@ pub enum Target {
     /// `/api/v4/jobs/:id` and everything below it: the handler compares `job_id` with the
     /// token's own job.
     Job { job_id: u64 },
-    /// A documented route that acts on no project. The whole list (exact paths, no trailing
-    /// slash, no format suffix, `GET` and `HEAD` only):
-    /// - `/api/v4/job`: the token's own job (how bots and the gateway learn the origin);
-    /// - `/api/v4/job/allowed_agents`: the agents the token's own job may use.
+    /// `/api/v4/groups/:id` and everything below it (group-level package registries:
+    /// `/groups/:id/-/packages/{maven,npm,pypi,composer,nuget,debian,...}`, the group
+    /// package list, group Terraform modules, ...).
+    ///
+    /// **How the handler must decide: deny** (403), whatever the origin. A group-level route
+    /// reads the packages of *every* project in the group (and its subgroups) that the job's
+    /// user can see; the forge's job-token checks on these routes are per package project at
+    /// best, and the gateway cannot enumerate a group's projects without the forge's
+    /// database. Allowing the route because the origin's outbound allowlist covers the group
+    /// would still skip the *inbound* limit of each project inside it, which rule 3 of the
+    /// policy requires. Most package formats also have project-level read routes
+    /// (`/projects/:id/packages/...`: Maven, npm, PyPI, NuGet, Generic, Helm, Debian, ...),
+    /// which are decided normally; Composer's package index exists only at group level, so
+    /// Composer installs with a job token stay denied until an opt-in exists. A later opt-in
+    /// could allow a group when the scope file declares it "open" (every project in it admits
+    /// every origin), but that needs a new scope-file key and is not the default.
+    Group {
+        group: GroupRef,
+        /// Byte range of the `:id` segment when it names the group by (encoded) path.
+        id_span: Option<Range<usize>>,
+    },
+    /// `/api/v4/packages/...`: the instance-level package routes (npm `/packages/npm/...`,
+    /// Maven `/packages/maven/...`, Conan `/packages/conan/v1/...`, Terraform modules
+    /// `/packages/terraform/modules/v1/...`, ...). The forge finds the project from the
+    /// package name in its database (npm scope → root namespace, Maven path, Conan recipe
+    /// user → project path).
+    ///
+    /// **How the handler must decide: deny** (403). Resolving the package to a project would
+    /// need the forge's database (or a lookup call per request); until that exists the
+    /// project-level routes (`/projects/:id/packages/<format>/...`) are the way for bots.
+    InstancePackages,
+    /// `/jwt/auth`: a registry token asked with at least one `scope`, or any dependency proxy
+    /// token. Every `scope` parameter (several are allowed, each also split on whitespace) is
+    /// in `scopes`; a scope the gateway cannot read is an error (400), never dropped.
+    ///
+    /// **How the handler must decide** (each scope on its own; allow only when every scope
+    /// is allowed):
+    /// - `service` = [`RegistryService::DependencyProxy`]: **deny**. The forge ignores the
+    ///   scopes and mints a token bound to the job's user, valid for every group dependency
+    ///   proxy that user can read (gl#494694 used this flow to escalate a job token); no
+    ///   project scope applies to it.
+    /// - [`RegistryScope::Registry`] (`registry:catalog:*`): **deny**, it is instance-wide.
+    /// - [`RegistryScope::Repository`]: if one candidate is the origin project's path (as the
+    ///   forge reported it for the token), the scope is the origin's own project: allowed,
+    ///   `write` included (routes are unique, so no other candidate can be a project).
+    ///   Otherwise `write` → **deny** (the forge grants push and delete only to the job's own
+    ///   project); a pull is allowed only when **every** candidate is allowed as a target
+    ///   (the gateway cannot tell which prefix is the project). Refinement the handler may
+    ///   apply: a candidate the scope file lists *by path* is taken as the project and the
+    ///   others ignored, accepting that a stale scope-file path could then misattribute.
+    Registry {
+        service: RegistryService,
+        scopes: Vec<RegistryScope>,
+    },
+    /// A documented route that acts on no project. The whole list:
+    /// - `GET`/`HEAD` `/api/v4/job` (exact path, no trailing slash, no format suffix): the
+    ///   token's own job (how bots and the gateway learn the origin);
+    /// - `GET`/`HEAD` `/api/v4/job/allowed_agents`: the agents the token's own job may use;
+    /// - `/jwt/auth?service=container_registry` without any `scope`: a login probe (`docker
+    ///   login`); the token the forge returns grants no repository access.
     ProjectLess,
     /// Nothing the gateway can attribute to a project (denied when a job token is present).
     Unattributed,
@@ -95,6 +245,9 @@ impl Target {
         match self {
             Target::Project { kind, .. } => *kind,
             Target::Job { .. } => RouteKind::JobApi,
+            Target::Group { .. } => RouteKind::GroupApi,
+            Target::InstancePackages => RouteKind::InstancePackages,
+            Target::Registry { .. } => RouteKind::RegistryAuth,
             Target::ProjectLess => RouteKind::ProjectLess,
             Target::Unattributed => RouteKind::Unattributed,
         }
@@ -118,37 +271,47 @@ pub enum TargetError {
     EmptySegment,
     #[error("dot segment in path")]
     DotSegment,
-    #[error("double-encoded project id")]
+    #[error("double-encoded project or group id")]
     DoubleEncodedProjectId,
-    #[error("undecodable project id")]
+    #[error("undecodable project or group id")]
     UndecodableProjectId,
-    #[error("control character in project id")]
+    #[error("control character in project or group id")]
     ControlCharacterInProjectId,
-    #[error("backslash in project id")]
+    #[error("backslash in project or group id")]
     BackslashInProjectId,
-    #[error("project id out of range")]
+    #[error("project or group id out of range")]
     ProjectIdOutOfRange,
     #[error("project id is neither a number nor a full project path")]
     InvalidProjectId,
+    #[error("group id is neither a number nor a full group path")]
+    InvalidGroupId,
     #[error("percent-encoding in repository path")]
     EncodedRepositoryPath,
     #[error("'.git' suffix not in lower case")]
     GitSuffixCase,
     #[error("repository path is not a valid project path")]
     InvalidRepositoryPath,
+    #[error("malformed percent-encoding in the query of a registry token request")]
+    MalformedRegistryQuery,
+    #[error("registry scope is not 'repository:<image path>:<actions>' or 'registry:catalog:*'")]
+    MalformedRegistryScope,
+    #[error("registry image path names no possible project")]
+    InvalidRegistryImagePath,
+    #[error("too many registry scopes on one request")]
+    TooManyRegistryScopes,
 }
 
 /// Work out the target of a request.
 ///
 /// `path` is the raw request path (origin form, without the query), exactly as received.
-/// `query` is accepted for the interface's sake but never changes the target: Grape lets the
-/// path's routing args win over query params, and the Git routes take nothing from it.
+/// `query` is the raw query string; it changes the target only on `/jwt/auth` (its `service`
+/// and `scope` parameters): elsewhere Grape lets the path's routing args win over query
+/// params, and the Git routes take nothing from it.
 pub fn parse(
     method: &http::Method,
     path: &str,
     query: Option<&str>,
 ) -> Result<Target, TargetError> {
-    let _ = query;
     check_path(path.as_bytes())?;
     // `check_path` guarantees a leading '/', no "//" and at most one trailing '/'.
     let body = path.get(1..).unwrap_or("");
@@ -162,7 +325,15 @@ pub fn parse(
     if body == "api" {
         return Ok(Target::Unattributed);
     }
-    parse_git(body)
+    if let Some(rest) = body.strip_prefix("jwt/") {
+        // `get 'jwt/auth' => 'jwt#auth'`; a trailing slash routes the same.
+        return if rest == "auth" {
+            parse_registry_auth(query)
+        } else {
+            Ok(Target::Unattributed)
+        };
+    }
+    parse_repository_or_web(body)
 }
 
 /// Byte classes for [`check_path`]: 0 plain, otherwise the byte needs a closer look.
@@ -290,6 +461,7 @@ fn parse_api(
 ) -> Result<Target, TargetError> {
     let (version, rest, adv) = next_segment(rest);
     if version != "v4" {
+        // Also `/api/graphql`: GraphQL never accepts a job token.
         return Ok(Target::Unattributed);
     }
     let offset = offset + adv;
@@ -297,6 +469,9 @@ fn parse_api(
     let offset = offset + adv;
     Ok(match resource {
         "projects" => parse_project_id(rest, offset)?.unwrap_or(Target::Unattributed),
+        "groups" => parse_group_id(rest, offset)?.unwrap_or(Target::Unattributed),
+        // `/api/v4/packages/<format>/...`; `/api/v4/packages` alone is no route.
+        "packages" if !rest.is_empty() => Target::InstancePackages,
         "jobs" => {
             let (id, _, _) = next_segment(rest);
             match parse_u64(id) {
@@ -312,6 +487,7 @@ fn parse_api(
         {
             Target::ProjectLess
         }
+        // Everything else, the internal API (`/api/v4/internal/...`) included.
         _ => Target::Unattributed,
     })
 }
@@ -349,19 +525,46 @@ fn parse_project_id(rest: &str, offset: usize) -> Result<Option<Target>, TargetE
             id_span: None,
         }));
     }
-    let project = decode_project_path(raw)?;
+    let decoded = decode_id_path(raw)?;
+    if !is_valid_project_path(&decoded) {
+        return Err(TargetError::InvalidProjectId);
+    }
     Ok(Some(Target::Project {
-        project,
+        project: ProjectRef::Path(decoded.into_boxed_str()),
         kind: RouteKind::ProjectApi,
         id_span: Some(offset..offset + raw.len()),
     }))
 }
 
-/// Percent-decode a path-named `:id` exactly once into a lowercased project path (the same
-/// value `ProjectRef::path` makes, built with a single allocation).
-fn decode_project_path(raw: &str) -> Result<ProjectRef, TargetError> {
+/// The `:id` of `/api/v4/groups/:id[/...]`, like [`parse_project_id`]; a group path may be
+/// a single segment (a top-level group).
+fn parse_group_id(rest: &str, offset: usize) -> Result<Option<Target>, TargetError> {
+    let (raw, _, _) = next_segment(rest);
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    if raw.bytes().all(|b| b.is_ascii_digit()) {
+        let id = parse_u64(raw).ok_or(TargetError::ProjectIdOutOfRange)?;
+        return Ok(Some(Target::Group {
+            group: GroupRef::Id(id),
+            id_span: None,
+        }));
+    }
+    let decoded = decode_id_path(raw)?;
+    if !is_valid_group_path(&decoded) {
+        return Err(TargetError::InvalidGroupId);
+    }
+    Ok(Some(Target::Group {
+        group: GroupRef::Path(decoded.into_boxed_str()),
+        id_span: Some(offset..offset + raw.len()),
+    }))
+}
+
+/// Percent-decode a path-named `:id` exactly once into a lowercased path (the same value
+/// `ProjectRef::path` makes, built with a single allocation). The caller checks the grammar.
+fn decode_id_path(raw: &str) -> Result<String, TargetError> {
     let escapes = raw.bytes().filter(|&b| b == b'%').count();
-    let mut out = Vec::with_capacity(raw.len() - 2 * escapes);
+    let mut out = Vec::with_capacity(raw.len().saturating_sub(2 * escapes));
     for b in percent_encoding::percent_decode_str(raw) {
         match b {
             b'%' => return Err(TargetError::DoubleEncodedProjectId),
@@ -370,23 +573,25 @@ fn decode_project_path(raw: &str) -> Result<ProjectRef, TargetError> {
             _ => out.push(b.to_ascii_lowercase()),
         }
     }
-    let decoded = String::from_utf8(out).map_err(|_| TargetError::UndecodableProjectId)?;
-    if !is_valid_project_path(&decoded) {
-        return Err(TargetError::InvalidProjectId);
-    }
-    Ok(ProjectRef::Path(decoded.into_boxed_str()))
+    String::from_utf8(out).map_err(|_| TargetError::UndecodableProjectId)
 }
 
-/// Git smart HTTP and LFS routes (`config/routes/git_http.rb`). `body` is the path without
-/// its leading slash and without a trailing slash.
-fn parse_git(body: &str) -> Result<Target, TargetError> {
+/// Git smart HTTP and LFS routes (`config/routes/git_http.rb`) and project web routes
+/// (`/<project>/-/...`). `body` is the path without its leading slash and without a trailing
+/// slash.
+fn parse_repository_or_web(body: &str) -> Result<Target, TargetError> {
     // The repository path ends at the first segment ending in `.git`: GitLab forbids that
     // suffix in every namespace and project segment. Matched case-insensitively here so that
-    // `.GIT` is seen, and refused below.
+    // `.GIT` is seen, and refused below. A `-` segment before it starts a web route: no
+    // namespace or project may be named `-`.
     let mut start = 0;
     let found = loop {
         let end = slash_in(&body[start..]).map_or(body.len(), |i| start + i);
-        if ends_with_ignore_case(&body[start..end], ".git") {
+        let seg = &body[start..end];
+        if seg == "-" {
+            return Ok(parse_web(body, start));
+        }
+        if ends_with_ignore_case(seg, ".git") {
             break Some(end);
         }
         if end >= body.len() {
@@ -440,6 +645,89 @@ fn parse_git(body: &str) -> Result<Target, TargetError> {
     }
 }
 
+/// A web route: `dash` is the offset in `body` of its first `-` segment. The project is the
+/// path before it, when the route after it is one of the download routes listed in the
+/// module docs; anything else is Unattributed (denied), never an error.
+fn parse_web(body: &str, dash: usize) -> Target {
+    let Some(project) = body.get(..dash.saturating_sub(1)).filter(|p| !p.is_empty()) else {
+        return Target::Unattributed;
+    };
+    let route = body.get(dash + 2..).unwrap_or("");
+    let first = project.split('/').next().unwrap_or("");
+    if project.contains('%')
+        || is_reserved_top_level(first)
+        || !is_valid_project_path(project)
+        || !is_project_download_route(route)
+    {
+        return Target::Unattributed;
+    }
+    Target::Project {
+        project: ProjectRef::path(project),
+        kind: RouteKind::Web,
+        id_span: None,
+    }
+}
+
+/// The web routes after `/-/` that are attributed to the project before it.
+fn is_project_download_route(route: &str) -> bool {
+    if has_nonempty_tail(route, "archive/")
+        || has_nonempty_tail(route, "raw/")
+        || has_nonempty_tail(route, "jobs/artifacts/")
+        || route == "packages"
+        || has_nonempty_tail(route, "packages/")
+    {
+        return true;
+    }
+    // `jobs/<id>/artifacts[/...]`
+    let Some(rest) = route.strip_prefix("jobs/") else {
+        return false;
+    };
+    let (id, rest, _) = next_segment(rest);
+    parse_u64(id).is_some() && (rest == "artifacts" || has_nonempty_tail(rest, "artifacts/"))
+}
+
+/// `Gitlab::PathRegex::TOP_LEVEL_ROUTES` (compared case-insensitively): no namespace can have
+/// these paths, so a web path starting with one names no project.
+fn is_reserved_top_level(seg: &str) -> bool {
+    const RESERVED: [&str; 34] = [
+        "-",
+        ".well-known",
+        "404.html",
+        "422.html",
+        "500.html",
+        "502.html",
+        "503.html",
+        "abuse_reports",
+        "admin",
+        "api",
+        "assets",
+        "autocomplete",
+        "dashboard",
+        "deploy.html",
+        "explore",
+        "favicon.ico",
+        "files",
+        "groups",
+        "health_check",
+        "help",
+        "import",
+        "jwt",
+        "login",
+        "oauth",
+        "profile",
+        "projects",
+        "public",
+        "robots.txt",
+        "s",
+        "search",
+        "sitemap",
+        "snippets",
+        "uploads",
+        "users",
+    ];
+    RESERVED.iter().any(|r| r.eq_ignore_ascii_case(seg))
+}
+
 /// The project a repository path (without `.git`) belongs to, following
 /// `Gitlab::RepoPath.parse`: `.wiki` and `.design` repositories belong to the project without
 /// the suffix; snippet repositories (`snippets/<n>`, `<project>/snippets/<n>`) are `None`
@@ -480,6 +768,223 @@ fn has_nonempty_tail(s: &str, prefix: &str) -> bool {
     s.strip_prefix(prefix).is_some_and(|t| !t.is_empty())
 }
 
+// ---------------------------------------------------------------------------------------------
+// `/jwt/auth`: the container registry and dependency proxy token endpoint.
+
+/// The target of `/jwt/auth?<query>`.
+///
+/// The forge reads `service` from Rails' `params` (last value wins) and `scope` from the raw
+/// query (every occurrence). Rack 2 splits the query on `&` and `;`, Rack 3 on `&` only; the
+/// gateway reads every pair of *both* splittings, so that it sees every scope either reading
+/// could give the forge. `service` must then be one known value however it is read;
+/// anything else is Unattributed (the forge answers 404 to an unknown service, but a
+/// request the gateway cannot read is denied, not guessed).
+fn parse_registry_auth(query: Option<&str>) -> Result<Target, TargetError> {
+    let mut service: Option<RegistryService> = None;
+    let mut service_ok = true;
+    let mut scopes = Vec::new();
+    let query = query.unwrap_or("");
+    for (i, pair) in query.split('&').enumerate() {
+        let pair = if i == 0 {
+            pair
+        } else {
+            pair.trim_start_matches(' ')
+        };
+        registry_pair(pair, &mut service, &mut service_ok, &mut scopes)?;
+        if pair.contains(';') {
+            for (j, sub) in pair.split(';').enumerate() {
+                let sub = if j == 0 {
+                    sub
+                } else {
+                    sub.trim_start_matches(' ')
+                };
+                registry_pair(sub, &mut service, &mut service_ok, &mut scopes)?;
+            }
+        }
+    }
+    let Some(service) = service.filter(|_| service_ok) else {
+        return Ok(Target::Unattributed);
+    };
+    if service == RegistryService::ContainerRegistry && scopes.is_empty() {
+        return Ok(Target::ProjectLess);
+    }
+    Ok(Target::Registry { service, scopes })
+}
+
+/// One `key=value` pair of a `/jwt/auth` query.
+fn registry_pair(
+    pair: &str,
+    service: &mut Option<RegistryService>,
+    service_ok: &mut bool,
+    scopes: &mut Vec<RegistryScope>,
+) -> Result<(), TargetError> {
+    if pair.is_empty() {
+        return Ok(());
+    }
+    let (key, value) = match pair.split_once('=') {
+        Some((k, v)) => (k, Some(v)),
+        None => (pair, None),
+    };
+    // Rack raises on a bad escape anywhere in the query: the forge fails the request.
+    let key = form_decode(key).ok_or(TargetError::MalformedRegistryQuery)?;
+    let value = match value {
+        Some(v) => Some(form_decode(v).ok_or(TargetError::MalformedRegistryQuery)?),
+        None => None,
+    };
+    // Rack's nested-params name: leading brackets skipped, up to the next bracket.
+    let name = key.trim_start_matches(['[', ']']);
+    let name = name.split(['[', ']']).next().unwrap_or("");
+    if name == "service" {
+        let this = match (key.as_ref(), value.as_deref()) {
+            ("service", Some("container_registry")) => Some(RegistryService::ContainerRegistry),
+            ("service", Some("dependency_proxy")) => Some(RegistryService::DependencyProxy),
+            _ => None,
+        };
+        match (this, *service) {
+            (Some(s), None) => *service = Some(s),
+            (Some(s), Some(seen)) if s == seen => {}
+            _ => *service_ok = false,
+        }
+    }
+    if key == "scope" {
+        if let Some(value) = value {
+            // `scopes.flat_map(&:split)`: Ruby splits on ASCII whitespace. A non-ASCII value
+            // could be split differently (and names no valid image anyway).
+            if !value.is_ascii() {
+                return Err(TargetError::MalformedRegistryScope);
+            }
+            for scope in value.split(is_ruby_space).filter(|s| !s.is_empty()) {
+                if scopes.len() >= MAX_REGISTRY_SCOPES {
+                    return Err(TargetError::TooManyRegistryScopes);
+                }
+                scopes.push(parse_registry_scope(scope)?);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Ruby's `ascii_isspace` (what `String#split` with no pattern splits on).
+fn is_ruby_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\x0b' | '\x0c' | '\r')
+}
+
+/// One scope: `type:name:actions` (`scope.split(':', 3)`; the actions may hold more `:`).
+fn parse_registry_scope(scope: &str) -> Result<RegistryScope, TargetError> {
+    let mut parts = scope.splitn(3, ':');
+    let (Some(kind), Some(name), Some(actions)) = (parts.next(), parts.next(), parts.next()) else {
+        // The forge raises on a scope without actions (`nil.split`).
+        return Err(TargetError::MalformedRegistryScope);
+    };
+    let repository =
+        kind == "repository" || (kind.starts_with("repository(") && kind.ends_with(')'));
+    if kind == "registry" {
+        return Ok(RegistryScope::Registry);
+    }
+    if !repository {
+        return Err(TargetError::MalformedRegistryScope);
+    }
+    // `actions.split(',')`: trailing empty fields dropped; anything but `pull` writes.
+    let actions = actions.trim_end_matches(',');
+    let write = !actions.is_empty() && actions.split(',').any(|a| a != "pull");
+    let image = name.to_ascii_lowercase();
+    Ok(RegistryScope::Repository {
+        candidates: registry_candidates(&image)?,
+        image: image.into_boxed_str(),
+        write,
+    })
+}
+
+/// `ContainerRegistry::Path`: the (downcased) name checked against
+/// `container_repository_name_regex`, 2..19 components; its longest three prefixes of at
+/// least two components that are valid project paths.
+fn registry_candidates(name: &str) -> Result<Vec<ProjectRef>, TargetError> {
+    let components = name.split('/').count();
+    if !is_container_repository_name(name) || !(2..20).contains(&components) {
+        return Err(TargetError::InvalidRegistryImagePath);
+    }
+    let mut candidates = Vec::with_capacity(3);
+    let mut end = name.len();
+    for _ in 0..3 {
+        let prefix = &name[..end];
+        if prefix.split('/').count() < 2 {
+            break;
+        }
+        if is_valid_project_path(prefix) {
+            candidates.push(ProjectRef::Path(prefix.into()));
+        }
+        match prefix.rfind('/') {
+            Some(i) => end = i,
+            None => break,
+        }
+    }
+    if candidates.is_empty() {
+        return Err(TargetError::InvalidRegistryImagePath);
+    }
+    Ok(candidates)
+}
+
+/// `\A[a-z0-9]+(([._/]|__|-*)[a-z0-9])*\z`: runs of `[a-z0-9]` joined by one `.`, `_` or `/`,
+/// by `__`, or by any number of `-`.
+fn is_container_repository_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    let alnum = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    if !b.first().is_some_and(|&c| alnum(c)) || !b.last().is_some_and(|&c| alnum(c)) {
+        return false;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        if alnum(b[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < b.len() && !alnum(b[i]) {
+            i += 1;
+        }
+        let sep = &b[start..i];
+        let ok = matches!(sep, b"." | b"_" | b"/" | b"__") || sep.iter().all(|&c| c == b'-');
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+fn hex_digit(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// `URI.decode_www_form_component`: `+` is a space, `%XX` a byte; None for an invalid escape
+/// or a result that is not UTF-8. Borrows when there is nothing to decode.
+fn form_decode(s: &str) -> Option<Cow<'_, str>> {
+    if !s.bytes().any(|b| b == b'%' || b == b'+') {
+        return Some(Cow::Borrowed(s));
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hi = hex_digit(*b.get(i + 1)?)?;
+                let lo = hex_digit(*b.get(i + 2)?)?;
+                out.push(hi << 4 | lo);
+                i += 2;
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok().map(Cow::Owned)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -515,6 +1020,458 @@ mod tests {
     }
 
     const P: usize = "/api/v4/projects/".len();
+    const G: usize = "/api/v4/groups/".len();
+
+    fn group_id(id: u64) -> Result<Target, TargetError> {
+        Ok(Target::Group {
+            group: GroupRef::Id(id),
+            id_span: None,
+        })
+    }
+
+    fn group_path(path: &str, span: Range<usize>) -> Result<Target, TargetError> {
+        Ok(Target::Group {
+            group: GroupRef::Path(path.into()),
+            id_span: Some(span),
+        })
+    }
+
+    fn jwt(query: &str) -> Result<Target, TargetError> {
+        parse(&Method::GET, "/jwt/auth", Some(query))
+    }
+
+    fn repo_scope(candidates: &[&str], write: bool) -> RegistryScope {
+        RegistryScope::Repository {
+            image: candidates[0].to_ascii_lowercase().into(),
+            candidates: candidates.iter().map(|c| ProjectRef::path(c)).collect(),
+            write,
+        }
+    }
+
+    fn registry(scopes: Vec<RegistryScope>) -> Result<Target, TargetError> {
+        Ok(Target::Registry {
+            service: RegistryService::ContainerRegistry,
+            scopes,
+        })
+    }
+
+    fn web(path: &str) -> Result<Target, TargetError> {
+        Ok(Target::Project {
+            project: ProjectRef::path(path),
+            kind: RouteKind::Web,
+            id_span: None,
+        })
+    }
+
+    #[test]
+    fn group_routes() {
+        use TargetError as E;
+        let cases: Vec<(&str, Result<Target, TargetError>)> = vec![
+            ("/api/v4/groups/5", group_id(5)),
+            ("/api/v4/groups/5/", group_id(5)),
+            ("/api/v4/groups/007/-/packages/npm/@acme/app", group_id(7)),
+            ("/api/v4/groups/5/packages", group_id(5)),
+            (
+                "/api/v4/groups/5/-/packages/maven/com/acme/app/1.0/app-1.0.jar",
+                group_id(5),
+            ),
+            (
+                "/api/v4/groups/5/-/packages/pypi/simple/requests",
+                group_id(5),
+            ),
+            (
+                "/api/v4/groups/acme/-/packages/composer/packages",
+                group_path("acme", G..G + 4),
+            ),
+            ("/api/v4/groups/Acme", group_path("acme", G..G + 4)),
+            (
+                "/api/v4/groups/acme%2FPlatform/-/packages/nuget/index.json",
+                group_path("acme/platform", G..G + 15),
+            ),
+            ("/api/v4/groups/%61cme/x", group_path("acme", G..G + 6)),
+            ("/api/v4/groups", Ok(Target::Unattributed)),
+            ("/api/v4/groups/", Ok(Target::Unattributed)),
+            ("/api/v4/%67roups/5", Ok(Target::Unattributed)),
+            ("/api/v4/groups/-5/x", Err(E::InvalidGroupId)),
+            ("/api/v4/groups/acme.git/x", Err(E::InvalidGroupId)),
+            ("/api/v4/groups/acme%2F/x", Err(E::InvalidGroupId)),
+            (
+                "/api/v4/groups/acme%252Fx/x",
+                Err(E::DoubleEncodedProjectId),
+            ),
+            ("/api/v4/groups/acme%2F..%2Fx/x", Err(E::InvalidGroupId)),
+            ("/api/v4/groups/a%00/x", Err(E::ControlCharacterInProjectId)),
+            (
+                "/api/v4/groups/18446744073709551616/x",
+                Err(E::ProjectIdOutOfRange),
+            ),
+        ];
+        for (path, want) in cases {
+            assert_eq!(get(path), want, "path {path:?}");
+        }
+    }
+
+    #[test]
+    fn instance_packages_graphql_and_internal_api() {
+        for path in [
+            "/api/v4/packages/npm/@acme%2fapp",
+            "/api/v4/packages/npm/-/package/@acme/app/dist-tags",
+            "/api/v4/packages/maven/com/acme/app/1.0/app-1.0.jar",
+            "/api/v4/packages/conan/v1/conans/search",
+            "/api/v4/packages/conan/v1/users/authenticate",
+            "/api/v4/packages/pypi/simple",
+            "/api/v4/packages/terraform/modules/v1/acme/vpc/aws/versions",
+            "/api/v4/packages/x/",
+        ] {
+            assert_eq!(get(path), Ok(Target::InstancePackages), "path {path:?}");
+        }
+        for path in [
+            "/api/v4/packages",
+            "/api/v4/packages/",
+            "/api/graphql",
+            "/api/graphql/",
+            "/api/v4/graphql",
+            "/api/v4/internal/allowed",
+            "/api/v4/internal/dast/site_validations/1/transition",
+            "/api/v4/internal/kubernetes/agent_info",
+            "/-/graphql-explorer",
+        ] {
+            for m in [Method::GET, Method::POST] {
+                assert_eq!(
+                    parse(&m, path, None),
+                    Ok(Target::Unattributed),
+                    "{m} {path:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn web_routes() {
+        let cases: Vec<(&str, Result<Target, TargetError>)> = vec![
+            ("/acme/app/-/archive/main/app-main.zip", web("acme/app")),
+            (
+                "/Acme/Sub/App/-/archive/v1.0/app-v1.0.tar.gz",
+                web("acme/sub/app"),
+            ),
+            ("/acme/app/-/raw/main/README.md", web("acme/app")),
+            ("/acme/app/-/jobs/artifacts/main/download", web("acme/app")),
+            (
+                "/acme/app/-/jobs/artifacts/main/raw/a/b.txt",
+                web("acme/app"),
+            ),
+            ("/acme/app/-/jobs/42/artifacts/download", web("acme/app")),
+            ("/acme/app/-/jobs/42/artifacts", web("acme/app")),
+            ("/acme/app/-/packages", web("acme/app")),
+            ("/acme/app/-/packages/7", web("acme/app")),
+            // Not a download route, or no project before `/-/`.
+            ("/acme/app/-/jobs/42", Ok(Target::Unattributed)),
+            ("/acme/app/-/jobs/x/artifacts", Ok(Target::Unattributed)),
+            ("/acme/app/-/jobs/artifacts", Ok(Target::Unattributed)),
+            ("/acme/app/-/archive", Ok(Target::Unattributed)),
+            ("/acme/app/-/raw", Ok(Target::Unattributed)),
+            ("/acme/app/-/blob/main/x", Ok(Target::Unattributed)),
+            ("/acme/app/-/merge_requests/1", Ok(Target::Unattributed)),
+            ("/acme/app/-/settings/ci_cd", Ok(Target::Unattributed)),
+            ("/acme/app/-/packagesx", Ok(Target::Unattributed)),
+            ("/acme/-/archive/main/x.zip", Ok(Target::Unattributed)),
+            ("/-/archive/main/x.zip", Ok(Target::Unattributed)),
+            ("/groups/acme/-/packages", Ok(Target::Unattributed)),
+            ("/groups/acme/sub/-/archive/x", Ok(Target::Unattributed)),
+            ("/Groups/acme/-/archive/x", Ok(Target::Unattributed)),
+            ("/users/acme/-/raw/x", Ok(Target::Unattributed)),
+            ("/acme%2Fapp/x/-/raw/main/x", Ok(Target::Unattributed)),
+            ("/acme/a%70p/-/raw/main/x", Ok(Target::Unattributed)),
+            ("/acme/-app/-/raw/main/x", Ok(Target::Unattributed)),
+            ("/acme/app/-/-/raw/main/x", Ok(Target::Unattributed)),
+            // The first `-` segment ends the project path; a later one is the route's.
+            ("/acme/app/-/raw/main/-/x", web("acme/app")),
+            // `.git` before `-`: a repository route, not a web route.
+            ("/acme/app.git/-/raw/main/x", Ok(Target::Unattributed)),
+            (
+                "/acme/app.git/info/lfs/objects/-/x",
+                repo("acme/app", RouteKind::Lfs),
+            ),
+        ];
+        for (path, want) in cases {
+            assert_eq!(get(path), want, "path {path:?}");
+        }
+    }
+
+    #[test]
+    fn registry_token_scopes() {
+        use TargetError as E;
+        const CR: &str = "service=container_registry";
+        let own = |scope: &str| jwt(&format!("{CR}&scope={scope}"));
+        let cases: Vec<(String, Result<Target, TargetError>)> = vec![
+            // A login probe: no scope at all.
+            (CR.into(), Ok(Target::ProjectLess)),
+            (
+                format!("{CR}&account=bot&client_id=docker"),
+                Ok(Target::ProjectLess),
+            ),
+            (format!("{CR}&scope="), Ok(Target::ProjectLess)),
+            (format!("{CR}&scope=+"), Ok(Target::ProjectLess)),
+            (format!("{CR}&scope"), Ok(Target::ProjectLess)),
+            (
+                format!("{CR}&scope[]=repository:a/b:push"),
+                Ok(Target::ProjectLess),
+            ),
+            // One image; candidates are the longest 3 prefixes of at least 2 components.
+            (
+                format!("{CR}&scope=repository:acme/app:pull"),
+                registry(vec![repo_scope(&["acme/app"], false)]),
+            ),
+            (
+                format!("{CR}&scope=repository:acme/app/img:pull,push"),
+                registry(vec![repo_scope(&["acme/app/img", "acme/app"], true)]),
+            ),
+            (
+                format!("{CR}&scope=repository:a/b/c/d/e:pull"),
+                registry(vec![repo_scope(&["a/b/c/d/e", "a/b/c/d", "a/b/c"], false)]),
+            ),
+            (
+                format!("{CR}&scope=repository:Acme/App:pull"),
+                registry(vec![repo_scope(&["acme/app"], false)]),
+            ),
+            // Actions: only `pull` reads.
+            (
+                format!("{CR}&scope=repository:a/b:delete"),
+                registry(vec![repo_scope(&["a/b"], true)]),
+            ),
+            (
+                format!("{CR}&scope=repository:a/b:*"),
+                registry(vec![repo_scope(&["a/b"], true)]),
+            ),
+            (
+                format!("{CR}&scope=repository:a/b:pull,"),
+                registry(vec![repo_scope(&["a/b"], false)]),
+            ),
+            (
+                format!("{CR}&scope=repository:a/b:"),
+                registry(vec![repo_scope(&["a/b"], false)]),
+            ),
+            (
+                format!("{CR}&scope=repository:a/b:,pull"),
+                registry(vec![repo_scope(&["a/b"], true)]),
+            ),
+            (
+                format!("{CR}&scope=repository:a/b:pull:x"),
+                registry(vec![repo_scope(&["a/b"], true)]),
+            ),
+            (
+                format!("{CR}&scope=repository:a/b:PULL"),
+                registry(vec![repo_scope(&["a/b"], true)]),
+            ),
+            // Resource classes.
+            (
+                format!("{CR}&scope=repository(plugin):a/b:pull"),
+                registry(vec![repo_scope(&["a/b"], false)]),
+            ),
+            // Several scopes, several ways.
+            (
+                format!("{CR}&scope=repository:a/b:pull&scope=repository:c/d/e:push"),
+                registry(vec![
+                    repo_scope(&["a/b"], false),
+                    repo_scope(&["c/d/e", "c/d"], true),
+                ]),
+            ),
+            (
+                format!("{CR}&scope=repository:a/b:pull+repository:c/d:pull%20repository:e/f:pull"),
+                registry(vec![
+                    repo_scope(&["a/b"], false),
+                    repo_scope(&["c/d"], false),
+                    repo_scope(&["e/f"], false),
+                ]),
+            ),
+            (
+                format!("scope=repository%3Aa%2Fb%3Apull&{CR}"),
+                registry(vec![repo_scope(&["a/b"], false)]),
+            ),
+            (
+                format!("%73cope=repository:a/b:pull&{CR}"),
+                registry(vec![repo_scope(&["a/b"], false)]),
+            ),
+            // `;`: Rack 2 splits there, Rack 3 does not; both readings are kept.
+            (
+                format!("{CR}&scope=repository:a/b:pull;x,push"),
+                registry(vec![
+                    repo_scope(&["a/b"], true),
+                    repo_scope(&["a/b"], false),
+                ]),
+            ),
+            (
+                format!("{CR};scope=repository:a/b:pull"),
+                Ok(Target::Unattributed),
+            ),
+            // Instance-wide.
+            (
+                format!("{CR}&scope=registry:catalog:*"),
+                registry(vec![RegistryScope::Registry]),
+            ),
+            (
+                format!("{CR}&scope=registry:catalog:*&scope=repository:a/b:pull"),
+                registry(vec![RegistryScope::Registry, repo_scope(&["a/b"], false)]),
+            ),
+            // Unreadable scopes: 400.
+            (
+                format!("{CR}&scope=repository:a/b"),
+                Err(E::MalformedRegistryScope),
+            ),
+            (
+                format!("{CR}&scope=repository"),
+                Err(E::MalformedRegistryScope),
+            ),
+            (
+                format!("{CR}&scope=foo:a/b:pull"),
+                Err(E::MalformedRegistryScope),
+            ),
+            (
+                format!("{CR}&scope=Repository:a/b:pull"),
+                Err(E::MalformedRegistryScope),
+            ),
+            (
+                format!("{CR}&scope=:a/b:pull"),
+                Err(E::MalformedRegistryScope),
+            ),
+            (
+                format!("{CR}&scope=repository:%C3%A9/b:pull"),
+                Err(E::MalformedRegistryScope),
+            ),
+            (
+                format!("{CR}&scope=repository:app:pull"),
+                Err(E::InvalidRegistryImagePath),
+            ),
+            (
+                format!("{CR}&scope=repository::pull"),
+                Err(E::InvalidRegistryImagePath),
+            ),
+            (
+                format!("{CR}&scope=repository:a//b:pull"),
+                Err(E::InvalidRegistryImagePath),
+            ),
+            (
+                format!("{CR}&scope=repository:a/b/:pull"),
+                Err(E::InvalidRegistryImagePath),
+            ),
+            (
+                format!("{CR}&scope=repository:a/../b:pull"),
+                Err(E::InvalidRegistryImagePath),
+            ),
+            (
+                format!("{CR}&scope=repository:-a/b:pull"),
+                Err(E::InvalidRegistryImagePath),
+            ),
+            (
+                format!("{CR}&scope=repository:a/b.git:pull"),
+                Err(E::InvalidRegistryImagePath),
+            ),
+            (
+                format!("{CR}&scope=repository:a/b;c/d:pull"),
+                Err(E::InvalidRegistryImagePath),
+            ),
+            (
+                format!("{CR}&scope=repository:{}:pull", ["a"; 20].join("/")),
+                Err(E::InvalidRegistryImagePath),
+            ),
+            (
+                format!("{CR}&scope=repository:a/b:pull%zz"),
+                Err(E::MalformedRegistryQuery),
+            ),
+            (format!("{CR}&x%=1"), Err(E::MalformedRegistryQuery)),
+            (
+                format!(
+                    "{CR}{}",
+                    "&scope=repository:a/b:pull".repeat(MAX_REGISTRY_SCOPES + 1)
+                ),
+                Err(E::TooManyRegistryScopes),
+            ),
+            // The service must be one known value, however it is read.
+            ("scope=repository:a/b:pull".into(), Ok(Target::Unattributed)),
+            (
+                "service=other&scope=repository:a/b:pull".into(),
+                Ok(Target::Unattributed),
+            ),
+            (
+                "service=container_registry&service=dependency_proxy".into(),
+                Ok(Target::Unattributed),
+            ),
+            (
+                "service[]=container_registry".into(),
+                Ok(Target::Unattributed),
+            ),
+            (
+                "service=container_registry&[service]=x".into(),
+                Ok(Target::Unattributed),
+            ),
+            (
+                "service=container_registry;x".into(),
+                Ok(Target::Unattributed),
+            ),
+            (
+                "service=container_registry&service=container_registry".into(),
+                Ok(Target::ProjectLess),
+            ),
+            (
+                "%73ervice=container_registry".into(),
+                Ok(Target::ProjectLess),
+            ),
+            ("".into(), Ok(Target::Unattributed)),
+        ];
+        for (query, want) in cases {
+            assert_eq!(jwt(&query), want, "query {query:?}");
+        }
+        // The dependency proxy ignores scopes: always a Registry target (denied).
+        assert_eq!(
+            jwt("service=dependency_proxy"),
+            Ok(Target::Registry {
+                service: RegistryService::DependencyProxy,
+                scopes: vec![],
+            })
+        );
+        assert_eq!(
+            jwt("service=dependency_proxy&scope=repository:acme/dependency_proxy/containers/alpine:pull"),
+            Ok(Target::Registry {
+                service: RegistryService::DependencyProxy,
+                scopes: vec![repo_scope(
+                    &[
+                        "acme/dependency_proxy/containers/alpine",
+                        "acme/dependency_proxy/containers",
+                        "acme/dependency_proxy",
+                    ],
+                    false
+                )],
+            })
+        );
+        // Other paths under /jwt, and the method, change nothing.
+        assert_eq!(
+            own("repository:a/b:pull"),
+            registry(vec![repo_scope(&["a/b"], false)])
+        );
+        assert_eq!(
+            parse(
+                &Method::GET,
+                "/jwt/auth/",
+                Some("service=container_registry")
+            ),
+            Ok(Target::ProjectLess)
+        );
+        for path in [
+            "/jwt",
+            "/jwt/",
+            "/jwt/auth.json",
+            "/jwt/other",
+            "/jwt/auth/x",
+            "/JWT/auth",
+            "/jwt/%61uth",
+        ] {
+            assert_eq!(
+                parse(&Method::GET, path, Some("service=container_registry")),
+                Ok(Target::Unattributed),
+                "path {path:?}"
+            );
+        }
+    }
 
     #[test]
     fn table_of_tricky_paths() {
@@ -619,7 +1576,6 @@ mod tests {
             ("/api/v4/Projects/5/x", Ok(Target::Unattributed)),
             ("/API/v4/projects/5/x", Ok(Target::Unattributed)),
             ("/api/v3/projects/5/x", Ok(Target::Unattributed)),
-            ("/api/v4/groups/5/x", Ok(Target::Unattributed)),
             ("/api/v4/user", Ok(Target::Unattributed)),
             ("/api/graphql", Ok(Target::Unattributed)),
             ("/api", Ok(Target::Unattributed)),
@@ -748,10 +1704,6 @@ mod tests {
             ("/", Ok(Target::Unattributed)),
             ("/acme/app", Ok(Target::Unattributed)),
             ("/acme/app/-/jobs/42", Ok(Target::Unattributed)),
-            (
-                "/acme/app/-/archive/main/app-main.zip",
-                Ok(Target::Unattributed),
-            ),
             ("/jwt/auth", Ok(Target::Unattributed)),
             ("/-/health", Ok(Target::Unattributed)),
         ];
@@ -833,11 +1785,31 @@ mod tests {
             Ok(RouteKind::ProjectLess)
         );
         assert_eq!(get("/x").map(|t| t.kind()), Ok(RouteKind::Unattributed));
+        assert_eq!(
+            get("/api/v4/groups/1").map(|t| t.kind()),
+            Ok(RouteKind::GroupApi)
+        );
+        assert_eq!(
+            get("/api/v4/packages/npm/x").map(|t| t.kind()),
+            Ok(RouteKind::InstancePackages)
+        );
+        assert_eq!(
+            get("/a/b/-/raw/main/x").map(|t| t.kind()),
+            Ok(RouteKind::Web)
+        );
+        assert_eq!(
+            jwt("service=dependency_proxy").map(|t| t.kind()),
+            Ok(RouteKind::RegistryAuth)
+        );
         let labels: Vec<&str> = [
             RouteKind::ProjectApi,
             RouteKind::Git,
             RouteKind::Lfs,
+            RouteKind::Web,
             RouteKind::JobApi,
+            RouteKind::GroupApi,
+            RouteKind::InstancePackages,
+            RouteKind::RegistryAuth,
             RouteKind::ProjectLess,
             RouteKind::Unattributed,
         ]
@@ -850,7 +1822,11 @@ mod tests {
                 "project_api",
                 "git",
                 "lfs",
+                "web",
                 "job_api",
+                "group_api",
+                "instance_packages",
+                "registry_auth",
                 "project_less",
                 "unattributed"
             ]
