@@ -5,6 +5,12 @@ use clap::Parser;
 use scopegate::cli::{Cli, Command};
 use scopegate::settings::LogFormat;
 
+// mimalloc: hyper and the gateway allocate small, short-lived buffers on every request, from
+// every worker thread; mimalloc's thread-local free lists serve those several times faster than
+// glibc's malloc and return memory to the OS as readily.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
