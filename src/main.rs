@@ -33,7 +33,7 @@ fn main() -> ExitCode {
                 }
             };
             let format = cli.log_format.unwrap_or(settings.log_format);
-            scopegate::telemetry::init(cli.log_level.as_deref(), format);
+            let _log = scopegate::telemetry::init(cli.log_level.as_deref(), format);
             match runtime.block_on(scopegate::run(settings)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -47,7 +47,7 @@ fn main() -> ExitCode {
         Command::Explain(args) => scopegate::explain::explain(&args),
         Command::Suggest(args) => scopegate::suggest::run(&args),
         Command::Demo(args) => {
-            scopegate::telemetry::init(
+            let _log = scopegate::telemetry::init(
                 Some(cli.log_level.as_deref().unwrap_or("warn")),
                 cli.log_format.unwrap_or(LogFormat::Human),
             );
