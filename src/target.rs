@@ -283,6 +283,8 @@ pub enum TargetError {
     ProjectIdOutOfRange,
     #[error("project id is neither a number nor a full project path")]
     InvalidProjectId,
+    #[error("a project path ending the route with a '.' may be read as a format suffix")]
+    FormatSuffixOnProjectId,
     #[error("group id is neither a number nor a full group path")]
     InvalidGroupId,
     #[error("percent-encoding in repository path")]
@@ -513,7 +515,7 @@ fn parse_u64(s: &str) -> Option<u64> {
 /// The `:id` of `/api/v4/projects/:id[/...]`; `rest` starts at `:id`, `offset` is its byte
 /// offset in the raw path. `Ok(None)`: no `:id` at all.
 fn parse_project_id(rest: &str, offset: usize) -> Result<Option<Target>, TargetError> {
-    let (raw, _, _) = next_segment(rest);
+    let (raw, after, _) = next_segment(rest);
     if raw.is_empty() {
         return Ok(None);
     }
@@ -528,6 +530,14 @@ fn parse_project_id(rest: &str, offset: usize) -> Result<Option<Target>, TargetE
     let decoded = decode_id_path(raw)?;
     if !is_valid_project_path(&decoded) {
         return Err(TargetError::InvalidProjectId);
+    }
+    // Grape adds an optional `(.:format)` to every route, and from Grape 2.4 a trailing
+    // extension is parsed off a route's last param (GitLab suppresses that only where it sets
+    // `NO_FORMAT_SUFFIX_REQUIREMENT`): `/projects/acme%2Fapp.json` is project `acme/app` for
+    // the forge, `acme/app.json` for a literal reading. A final path-named `:id` with a dot
+    // (also `%2E`) can be read both ways, so it is refused.
+    if after.is_empty() && decoded.contains('.') {
+        return Err(TargetError::FormatSuffixOnProjectId);
     }
     Ok(Some(Target::Project {
         project: ProjectRef::Path(decoded.into_boxed_str()),
@@ -1494,6 +1504,23 @@ mod tests {
                 Err(E::ProjectIdOutOfRange),
             ),
             ("/api/v4/projects/5.json", Err(E::InvalidProjectId)),
+            // Grape reads a final `<path>.<ext>` as `<path>` + format: refused.
+            (
+                "/api/v4/projects/acme%2Fapp.json",
+                Err(E::FormatSuffixOnProjectId),
+            ),
+            (
+                "/api/v4/projects/acme%2Fapp.json/",
+                Err(E::FormatSuffixOnProjectId),
+            ),
+            (
+                "/api/v4/projects/acme%2Fapp%2Ejson",
+                Err(E::FormatSuffixOnProjectId),
+            ),
+            (
+                "/api/v4/projects/acme.x%2Fapp",
+                Err(E::FormatSuffixOnProjectId),
+            ),
             ("/api/v4/projects/-5/x", Err(E::InvalidProjectId)),
             ("/api/v4/projects/+5/x", Err(E::InvalidProjectId)),
             ("/api/v4/projects/%35/x", Err(E::InvalidProjectId)),

@@ -107,7 +107,11 @@ fn world() -> World {
 /// listed in lower case. `open_defaults` switches `[defaults]` off (not the shipped default).
 fn scopes(open_defaults: bool) -> String {
     let base = if open_defaults {
-        MATRIX.replacen("outbound = true\ninbound = true", "outbound = false\ninbound = false", 1)
+        MATRIX.replacen(
+            "outbound = true\ninbound = true",
+            "outbound = false\ninbound = false",
+            1,
+        )
     } else {
         MATRIX.to_string()
     };
@@ -305,8 +309,16 @@ fn carriers(t: &str) -> Vec<Carrier> {
         q("job_token]", format!("job_token]={t}"), false),
         q("job_token[]", format!("job_token[]={t}"), false),
         q("job_token[x]", format!("job_token[x]={t}"), false),
-        q("job_token=%67…", format!("job_token={}", enc_first(t)), true),
-        q("job_token=all %XX", format!("job_token={}", enc_all(t)), true),
+        q(
+            "job_token=%67…",
+            format!("job_token={}", enc_first(t)),
+            true,
+        ),
+        q(
+            "job_token=all %XX",
+            format!("job_token={}", enc_all(t)),
+            true,
+        ),
         q("job_token+space", format!("job_token=+{t}"), false),
         q("token", format!("token={t}"), true),
         q("%74oken", format!("%74oken={t}"), true),
@@ -408,9 +420,20 @@ fn allowed_limited(origin: u64, target: u64) -> bool {
     // `decide` in `canonical_expectations_match_the_policy`).
     matches!(
         (origin, target),
-        (10, 10) | (10, 12) | (10, 14) | (10, 21)
-            | (30, 30) | (30, 10) | (30, 14) | (30, 41) | (30, 21)
-            | (40, 40) | (40, 10) | (40, 14) | (40, 21) | (40, 41)
+        (10, 10)
+            | (10, 12)
+            | (10, 14)
+            | (10, 21)
+            | (30, 30)
+            | (30, 10)
+            | (30, 14)
+            | (30, 41)
+            | (30, 21)
+            | (40, 40)
+            | (40, 10)
+            | (40, 14)
+            | (40, 21)
+            | (40, 41)
     )
 }
 
@@ -556,7 +579,10 @@ fn generate() -> Vec<Variant> {
             ),
             (
                 "access_token twice".into(),
-                vec![format!("access_token={BOT}"), format!("access_token={OTHER}")],
+                vec![
+                    format!("access_token={BOT}"),
+                    format!("access_token={OTHER}"),
+                ],
                 vec![],
             ),
             (
@@ -617,7 +643,10 @@ fn generate() -> Vec<Variant> {
             (
                 "three carriers, legacy + prefixed".into(),
                 vec![format!("access_token={LEGACY_BOT}")],
-                vec![h("JOB-TOKEN", OTHER), h("Authorization", basic("gitlab-ci-token", OTHER))],
+                vec![
+                    h("JOB-TOKEN", OTHER),
+                    h("Authorization", basic("gitlab-ci-token", OTHER)),
+                ],
             ),
             (
                 "two Authorization lines".into(),
@@ -652,8 +681,16 @@ fn generate() -> Vec<Variant> {
                 ("negative".into(), format!("-{n}"), false),
                 ("plus".into(), format!("+{n}"), false),
                 ("numeric.json".into(), format!("{n}.json"), false),
-                ("numeric %0A path".into(), format!("{n}%0A{}", enc(&lower)), false),
-                ("path %0A numeric".into(), format!("{}%0A{n}", enc(&lower)), false),
+                (
+                    "numeric %0A path".into(),
+                    format!("{n}%0A{}", enc(&lower)),
+                    false,
+                ),
+                (
+                    "path %0A numeric".into(),
+                    format!("{}%0A{n}", enc(&lower)),
+                    false,
+                ),
                 ("%2F".into(), enc(path), true),
                 ("%2f".into(), path.replace('/', "%2f"), true),
                 ("lower case".into(), enc(&lower), true),
@@ -664,11 +701,19 @@ fn generate() -> Vec<Variant> {
                 ("double-encoded".into(), path.replace('/', "%252F"), false),
                 ("path.json".into(), format!("{}.json", enc(path)), false),
                 ("unencoded slash".into(), path.to_string(), false),
-                ("encoded dot segment".into(), format!("{}%2F..%2F{}", enc(path), enc("globex/tool")), false),
+                (
+                    "encoded dot segment".into(),
+                    format!("{}%2F..%2F{}", enc(path), enc("globex/tool")),
+                    false,
+                ),
             ];
             if id == 40 {
                 forms.push(("old path".into(), enc(OLD_VAULT), false));
-                forms.push(("old path, upper".into(), enc(&OLD_VAULT.to_uppercase()), false));
+                forms.push((
+                    "old path, upper".into(),
+                    enc(&OLD_VAULT.to_uppercase()),
+                    false,
+                ));
             }
             for (form, raw, canonical) in forms {
                 for suffix in ["", "/merge_requests"] {
@@ -766,8 +811,14 @@ fn generate() -> Vec<Variant> {
     }
     for (target, expect) in [
         ("http://{host}/api/v4/projects/12", Expect::Served(10, 12)),
-        ("http://{host}/api/v4/projects/acme%2Fapp", Expect::Served(10, 12)),
-        ("/api/v4/projects/12/merge_requests?per_page=1", Expect::Served(10, 12)),
+        (
+            "http://{host}/api/v4/projects/acme%2Fapp",
+            Expect::Served(10, 12),
+        ),
+        (
+            "/api/v4/projects/12/merge_requests?per_page=1",
+            Expect::Served(10, 12),
+        ),
     ] {
         g.push(
             "path-shape",
@@ -800,37 +851,172 @@ fn generate() -> Vec<Variant> {
                 p != OLD_VAULT && allowed_limited(origin, id) && !form.is_empty()
             };
             let forms: Vec<(&str, &str, String, bool)> = vec![
-                ("info/refs", "GET", format!("/{p}.git/info/refs?service=git-upload-pack"), canon("y")),
-                ("upload-pack", "POST", format!("/{p}.git/git-upload-pack"), canon("y")),
-                ("receive-pack", "POST", format!("/{p}.git/git-receive-pack"), false),
-                ("upper case", "GET", format!("/{up}.git/info/refs?service=git-upload-pack"), canon("y")),
-                ("lower case", "GET", format!("/{lower}.git/info/refs?service=git-upload-pack"), canon("y")),
-                (".GIT", "GET", format!("/{p}.GIT/info/refs?service=git-upload-pack"), false),
+                (
+                    "info/refs",
+                    "GET",
+                    format!("/{p}.git/info/refs?service=git-upload-pack"),
+                    canon("y"),
+                ),
+                (
+                    "upload-pack",
+                    "POST",
+                    format!("/{p}.git/git-upload-pack"),
+                    canon("y"),
+                ),
+                (
+                    "receive-pack",
+                    "POST",
+                    format!("/{p}.git/git-receive-pack"),
+                    false,
+                ),
+                (
+                    "upper case",
+                    "GET",
+                    format!("/{up}.git/info/refs?service=git-upload-pack"),
+                    canon("y"),
+                ),
+                (
+                    "lower case",
+                    "GET",
+                    format!("/{lower}.git/info/refs?service=git-upload-pack"),
+                    canon("y"),
+                ),
+                (
+                    ".GIT",
+                    "GET",
+                    format!("/{p}.GIT/info/refs?service=git-upload-pack"),
+                    false,
+                ),
                 (".Git", "POST", format!("/{p}.Git/git-upload-pack"), false),
-                (".wiki.git", "GET", format!("/{p}.wiki.git/info/refs?service=git-upload-pack"), false),
-                (".design.git", "GET", format!("/{p}.design.git/info/refs"), false),
-                ("snippet", "GET", format!("/{p}/snippets/1.git/info/refs"), false),
-                ("no .git", "GET", format!("/{p}/info/refs?service=git-upload-pack"), false),
-                ("%2F", "GET", format!("/{}.git/info/refs", p.replace('/', "%2F")), false),
-                ("first letter %xx", "GET", format!("/{}.git/info/refs", enc_first(p)), false),
+                (
+                    ".wiki.git",
+                    "GET",
+                    format!("/{p}.wiki.git/info/refs?service=git-upload-pack"),
+                    false,
+                ),
+                (
+                    ".design.git",
+                    "GET",
+                    format!("/{p}.design.git/info/refs"),
+                    false,
+                ),
+                (
+                    "snippet",
+                    "GET",
+                    format!("/{p}/snippets/1.git/info/refs"),
+                    false,
+                ),
+                (
+                    "no .git",
+                    "GET",
+                    format!("/{p}/info/refs?service=git-upload-pack"),
+                    false,
+                ),
+                (
+                    "%2F",
+                    "GET",
+                    format!("/{}.git/info/refs", p.replace('/', "%2F")),
+                    false,
+                ),
+                (
+                    "first letter %xx",
+                    "GET",
+                    format!("/{}.git/info/refs", enc_first(p)),
+                    false,
+                ),
                 (".git %2e", "GET", format!("/{p}%2Egit/info/refs"), false),
-                ("trailing slash", "GET", format!("/{p}.git/info/refs/"), false),
+                (
+                    "trailing slash",
+                    "GET",
+                    format!("/{p}.git/info/refs/"),
+                    false,
+                ),
                 ("leading //", "GET", format!("//{p}.git/info/refs"), false),
-                ("inner //", "POST", format!("/{p}.git//git-upload-pack"), false),
+                (
+                    "inner //",
+                    "POST",
+                    format!("/{p}.git//git-upload-pack"),
+                    false,
+                ),
                 ("dot segment", "GET", format!("/{p}.git/./info/refs"), false),
-                ("dot-dot prefix", "GET", format!("/acme/x/../../{p}.git/info/refs"), false),
-                ("dot-dot repo", "GET", format!("/acme/app.git/../../{p}.git/info/refs"), false),
-                ("two .git", "GET", format!("/acme/app.git/{p}.git/info/refs"), false),
-                ("absolute form", "GET", format!("http://{{host}}/{p}.git/info/refs"), false),
-                ("lfs batch", "POST", format!("/{p}.git/info/lfs/objects/batch"), canon("y")),
-                ("lfs batch upper", "POST", format!("/{up}.git/info/lfs/objects/batch"), canon("y")),
-                ("lfs objects", "POST", format!("/{p}.git/info/lfs/objects"), false),
-                ("lfs object", "GET", format!("/{p}.git/info/lfs/objects/{sha}"), false),
-                ("lfs locks", "GET", format!("/{p}.git/info/lfs/locks"), false),
-                ("lfs storage", "GET", format!("/{p}.git/gitlab-lfs/objects/{sha}"), canon("y")),
-                ("lfs upload", "PUT", format!("/{p}.git/gitlab-lfs/objects/{sha}/12"), false),
-                ("lfs .GIT", "POST", format!("/{p}.GIT/info/lfs/objects/batch"), false),
-                ("lfs dot-dot", "POST", format!("/acme/app.git/info/lfs/../../../{p}.git/info/lfs/objects/batch"), false),
+                (
+                    "dot-dot prefix",
+                    "GET",
+                    format!("/acme/x/../../{p}.git/info/refs"),
+                    false,
+                ),
+                (
+                    "dot-dot repo",
+                    "GET",
+                    format!("/acme/app.git/../../{p}.git/info/refs"),
+                    false,
+                ),
+                (
+                    "two .git",
+                    "GET",
+                    format!("/acme/app.git/{p}.git/info/refs"),
+                    false,
+                ),
+                (
+                    "absolute form",
+                    "GET",
+                    format!("http://{{host}}/{p}.git/info/refs"),
+                    false,
+                ),
+                (
+                    "lfs batch",
+                    "POST",
+                    format!("/{p}.git/info/lfs/objects/batch"),
+                    canon("y"),
+                ),
+                (
+                    "lfs batch upper",
+                    "POST",
+                    format!("/{up}.git/info/lfs/objects/batch"),
+                    canon("y"),
+                ),
+                (
+                    "lfs objects",
+                    "POST",
+                    format!("/{p}.git/info/lfs/objects"),
+                    false,
+                ),
+                (
+                    "lfs object",
+                    "GET",
+                    format!("/{p}.git/info/lfs/objects/{sha}"),
+                    false,
+                ),
+                (
+                    "lfs locks",
+                    "GET",
+                    format!("/{p}.git/info/lfs/locks"),
+                    false,
+                ),
+                (
+                    "lfs storage",
+                    "GET",
+                    format!("/{p}.git/gitlab-lfs/objects/{sha}"),
+                    canon("y"),
+                ),
+                (
+                    "lfs upload",
+                    "PUT",
+                    format!("/{p}.git/gitlab-lfs/objects/{sha}/12"),
+                    false,
+                ),
+                (
+                    "lfs .GIT",
+                    "POST",
+                    format!("/{p}.GIT/info/lfs/objects/batch"),
+                    false,
+                ),
+                (
+                    "lfs dot-dot",
+                    "POST",
+                    format!("/acme/app.git/info/lfs/../../../{p}.git/info/lfs/objects/batch"),
+                    false,
+                ),
             ];
             for (form, method, target, canonical) in forms {
                 let expect = if canonical {
@@ -838,7 +1024,11 @@ fn generate() -> Vec<Variant> {
                 } else {
                     Expect::Any
                 };
-                let class = if form.starts_with("lfs") { "lfs" } else { "git" };
+                let class = if form.starts_with("lfs") {
+                    "lfs"
+                } else {
+                    "git"
+                };
                 g.push(
                     class,
                     format!("{method} {form} {p} by {origin}"),
@@ -932,7 +1122,9 @@ fn generate() -> Vec<Variant> {
                     format!("{} pull {image} by {origin}", c.name),
                     "GET",
                     with_query(
-                        &format!("/jwt/auth?service=container_registry&scope=repository:{image}:pull"),
+                        &format!(
+                            "/jwt/auth?service=container_registry&scope=repository:{image}:pull"
+                        ),
                         &c.query,
                     ),
                     c.headers.clone(),
@@ -960,28 +1152,68 @@ fn generate() -> Vec<Variant> {
         ("GET", "/api/v4/groups/102/packages".into(), None),
         ("GET", "/api/v4/groups/globex/packages".into(), None),
         ("GET", "/api/v4/groups/GLOBEX/packages".into(), None),
-        ("GET", "/api/v4/groups/acme%2Fplatform/packages".into(), None),
+        (
+            "GET",
+            "/api/v4/groups/acme%2Fplatform/packages".into(),
+            None,
+        ),
         ("GET", "/api/v4/packages/npm/@globex/tool".into(), None),
-        ("GET", "/api/v4/packages/maven/com/globex/tool/1.0/tool.jar".into(), None),
-        ("GET", "/api/v4/packages/conan/v1/conans/search".into(), None),
+        (
+            "GET",
+            "/api/v4/packages/maven/com/globex/tool/1.0/tool.jar".into(),
+            None,
+        ),
+        (
+            "GET",
+            "/api/v4/packages/conan/v1/conans/search".into(),
+            None,
+        ),
         ("POST", "/api/graphql".into(), None),
-        ("POST", "/api/v4/internal/dast/site_validations/1/transition".into(), None),
+        (
+            "POST",
+            "/api/v4/internal/dast/site_validations/1/transition".into(),
+            None,
+        ),
         ("POST", "/api/v4/internal/allowed".into(), None),
         ("GET", "/api/v4/projects".into(), None),
         ("GET", "/api/v4/user".into(), None),
-        ("GET", "/acme/app/-/archive/main/app-main.zip".into(), Some((10, 12))),
-        ("GET", "/globex/tool/-/archive/main/tool-main.zip".into(), None),
+        (
+            "GET",
+            "/acme/app/-/archive/main/app-main.zip".into(),
+            Some((10, 12)),
+        ),
+        (
+            "GET",
+            "/globex/tool/-/archive/main/tool-main.zip".into(),
+            None,
+        ),
         ("GET", "/GLOBEX/Tool/-/raw/main/README.md".into(), None),
-        ("GET", "/globex/tool/-/jobs/artifacts/main/download".into(), None),
-        ("GET", "/globex/tool/-/jobs/1004/artifacts/file".into(), None),
+        (
+            "GET",
+            "/globex/tool/-/jobs/artifacts/main/download".into(),
+            None,
+        ),
+        (
+            "GET",
+            "/globex/tool/-/jobs/1004/artifacts/file".into(),
+            None,
+        ),
         ("GET", "/globex/tool/-/packages".into(), None),
         ("GET", "/globex/tool/-/settings/ci_cd".into(), None),
         ("GET", "/acme/vault/-/archive/main/x.zip".into(), None),
         ("GET", format!("/{OLD_VAULT}/-/archive/main/x.zip"), None),
         ("GET", "/globex%2Ftool/-/archive/main/x.zip".into(), None),
         ("GET", "/groups/globex/-/packages".into(), None),
-        ("GET", "/acme/app/-/../../globex/tool/-/archive/main/x.zip".into(), None),
-        ("GET", "/globex/tool/info/refs?service=git-upload-pack".into(), None),
+        (
+            "GET",
+            "/acme/app/-/../../globex/tool/-/archive/main/x.zip".into(),
+            None,
+        ),
+        (
+            "GET",
+            "/globex/tool/info/refs?service=git-upload-pack".into(),
+            None,
+        ),
     ];
     for (tok, origin) in ORIGINS {
         for (method, path, canonical) in &family_paths {
@@ -1008,17 +1240,61 @@ fn generate() -> Vec<Variant> {
         let enc_old = OLD_VAULT.replace('/', "%2F");
         let auth = basic("gitlab-ci-token", tok);
         for (method, target, header) in [
-            ("GET", format!("/api/v4/projects/{enc_old}"), h("JOB-TOKEN", tok)),
-            ("HEAD", format!("/api/v4/projects/{enc_old}/merge_requests"), h("JOB-TOKEN", tok)),
-            ("POST", format!("/api/v4/projects/{enc_old}/pipeline"), h("JOB-TOKEN", tok)),
-            ("PUT", format!("/api/v4/projects/{enc_old}/packages/generic/p/1/f"), h("JOB-TOKEN", tok)),
-            ("GET", format!("/{OLD_VAULT}.git/info/refs?service=git-upload-pack"), h("Authorization", auth.clone())),
-            ("POST", format!("/{OLD_VAULT}.git/git-upload-pack"), h("Authorization", auth.clone())),
-            ("POST", format!("/{}.git/git-upload-pack", OLD_VAULT.to_uppercase()), h("Authorization", auth.clone())),
-            ("POST", format!("/{OLD_VAULT}.git/info/lfs/objects/batch"), h("Authorization", auth.clone())),
-            ("GET", format!("/{OLD_VAULT}.wiki.git/info/refs"), h("Authorization", auth.clone())),
-            ("GET", format!("/jwt/auth?service=container_registry&scope=repository:{OLD_VAULT}:pull"), h("Authorization", auth.clone())),
-            ("GET", format!("/{OLD_VAULT}/-/archive/main/x.zip"), h("JOB-TOKEN", tok)),
+            (
+                "GET",
+                format!("/api/v4/projects/{enc_old}"),
+                h("JOB-TOKEN", tok),
+            ),
+            (
+                "HEAD",
+                format!("/api/v4/projects/{enc_old}/merge_requests"),
+                h("JOB-TOKEN", tok),
+            ),
+            (
+                "POST",
+                format!("/api/v4/projects/{enc_old}/pipeline"),
+                h("JOB-TOKEN", tok),
+            ),
+            (
+                "PUT",
+                format!("/api/v4/projects/{enc_old}/packages/generic/p/1/f"),
+                h("JOB-TOKEN", tok),
+            ),
+            (
+                "GET",
+                format!("/{OLD_VAULT}.git/info/refs?service=git-upload-pack"),
+                h("Authorization", auth.clone()),
+            ),
+            (
+                "POST",
+                format!("/{OLD_VAULT}.git/git-upload-pack"),
+                h("Authorization", auth.clone()),
+            ),
+            (
+                "POST",
+                format!("/{}.git/git-upload-pack", OLD_VAULT.to_uppercase()),
+                h("Authorization", auth.clone()),
+            ),
+            (
+                "POST",
+                format!("/{OLD_VAULT}.git/info/lfs/objects/batch"),
+                h("Authorization", auth.clone()),
+            ),
+            (
+                "GET",
+                format!("/{OLD_VAULT}.wiki.git/info/refs"),
+                h("Authorization", auth.clone()),
+            ),
+            (
+                "GET",
+                format!("/jwt/auth?service=container_registry&scope=repository:{OLD_VAULT}:pull"),
+                h("Authorization", auth.clone()),
+            ),
+            (
+                "GET",
+                format!("/{OLD_VAULT}/-/archive/main/x.zip"),
+                h("JOB-TOKEN", tok),
+            ),
         ] {
             g.push(
                 "renamed",
@@ -1187,44 +1463,125 @@ fn the_model_forge_reads_requests_like_gitlab() {
     };
     let bot = [("JOB-TOKEN", BOT)];
     // :id as a number, an encoded path in any case, a moved path.
-    assert_eq!(run(NEW, "GET", "/api/v4/projects/30", None, &bot), (200, vec![(10, 30)]));
-    assert_eq!(run(NEW, "GET", "/api/v4/projects/0030", None, &bot), (200, vec![(10, 30)]));
-    assert_eq!(run(NEW, "GET", "/api/v4/projects/GLOBEX%2ftool/x", None, &bot), (200, vec![(10, 30)]));
-    assert_eq!(run(NEW, "GET", "/api/v4/projects/globex%252Ftool", None, &bot).0, 404);
-    assert_eq!(run(NEW, "GET", "/api/v4/projects/acme%2Fsecrets", None, &bot).0, 301);
-    assert_eq!(run(NEW, "POST", "/api/v4/projects/acme%2Fsecrets", None, &bot).0, 405);
-    assert_eq!(run(NEW, "GET", "/api/v4/projects/30%0Aacme", None, &bot), (200, vec![(10, 30)]));
-    assert_eq!(run(NEW, "GET", "/api/v4/%70rojects/30", None, &bot), (200, vec![(10, 30)]));
-    assert_eq!(run(NEW, "GET", "/api/v4/projects/30.json", None, &bot).0, 404);
-    assert_eq!(run(OLD, "GET", "/api/v4/projects/30.json", None, &bot).0, 200);
-    assert_eq!(run(OLD, "GET", "/api/v4/projects/12/../30", None, &bot), (200, vec![(10, 30)]));
-    assert_eq!(run(NEW, "GET", "/api/v4//projects/30/", None, &bot), (200, vec![(10, 30)]));
+    assert_eq!(
+        run(NEW, "GET", "/api/v4/projects/30", None, &bot),
+        (200, vec![(10, 30)])
+    );
+    assert_eq!(
+        run(NEW, "GET", "/api/v4/projects/0030", None, &bot),
+        (200, vec![(10, 30)])
+    );
+    assert_eq!(
+        run(NEW, "GET", "/api/v4/projects/GLOBEX%2ftool/x", None, &bot),
+        (200, vec![(10, 30)])
+    );
+    assert_eq!(
+        run(NEW, "GET", "/api/v4/projects/globex%252Ftool", None, &bot).0,
+        404
+    );
+    assert_eq!(
+        run(NEW, "GET", "/api/v4/projects/acme%2Fsecrets", None, &bot).0,
+        301
+    );
+    assert_eq!(
+        run(NEW, "POST", "/api/v4/projects/acme%2Fsecrets", None, &bot).0,
+        405
+    );
+    assert_eq!(
+        run(NEW, "GET", "/api/v4/projects/30%0Aacme", None, &bot),
+        (200, vec![(10, 30)])
+    );
+    assert_eq!(
+        run(NEW, "GET", "/api/v4/%70rojects/30", None, &bot),
+        (200, vec![(10, 30)])
+    );
+    assert_eq!(
+        run(NEW, "GET", "/api/v4/projects/30.json", None, &bot).0,
+        404
+    );
+    assert_eq!(
+        run(OLD, "GET", "/api/v4/projects/30.json", None, &bot).0,
+        200
+    );
+    assert_eq!(
+        run(OLD, "GET", "/api/v4/projects/12/../30", None, &bot),
+        (200, vec![(10, 30)])
+    );
+    assert_eq!(
+        run(NEW, "GET", "/api/v4//projects/30/", None, &bot),
+        (200, vec![(10, 30)])
+    );
     // Credentials: precedence, Rack parsing, no fall-through.
     fn q(s: &str) -> Option<&str> {
         Some(s)
     }
     assert_eq!(
-        run(NEW, "GET", "/api/v4/projects/12", q(&format!("job_token={BOT}&job_token={OTHER}")), &[]).1,
+        run(
+            NEW,
+            "GET",
+            "/api/v4/projects/12",
+            q(&format!("job_token={BOT}&job_token={OTHER}")),
+            &[]
+        )
+        .1,
         vec![(30, 12)],
         "last value wins"
     );
     assert_eq!(
-        run(OLD, "GET", "/api/v4/projects/12", q(&format!("x=1;job_token={OTHER}")), &bot).1,
+        run(
+            OLD,
+            "GET",
+            "/api/v4/projects/12",
+            q(&format!("x=1;job_token={OTHER}")),
+            &bot
+        )
+        .1,
         vec![(30, 12)],
         "Rack 2 splits on ';' and the param beats the header"
     );
     assert_eq!(
-        run(NEW, "GET", "/api/v4/projects/12", q(&format!("x=1;job_token={OTHER}")), &bot).1,
+        run(
+            NEW,
+            "GET",
+            "/api/v4/projects/12",
+            q(&format!("x=1;job_token={OTHER}")),
+            &bot
+        )
+        .1,
         vec![(10, 12)]
     );
     assert_eq!(
-        run(OLD, "GET", "/api/v4/projects/12", q(&format!("[job_token]={OTHER}")), &[]).1,
+        run(
+            OLD,
+            "GET",
+            "/api/v4/projects/12",
+            q(&format!("[job_token]={OTHER}")),
+            &[]
+        )
+        .1,
         vec![(30, 12)]
     );
-    assert_eq!(run(NEW, "GET", "/api/v4/projects/12", q(&format!("[job_token]={OTHER}")), &[]).0, 401);
+    assert_eq!(
+        run(
+            NEW,
+            "GET",
+            "/api/v4/projects/12",
+            q(&format!("[job_token]={OTHER}")),
+            &[]
+        )
+        .0,
+        401
+    );
     let bearer = format!("Bearer {OTHER}");
     assert_eq!(
-        run(NEW, "GET", "/api/v4/projects/12", None, &[("Authorization", &bearer), ("JOB-TOKEN", BOT)]).1,
+        run(
+            NEW,
+            "GET",
+            "/api/v4/projects/12",
+            None,
+            &[("Authorization", &bearer), ("JOB-TOKEN", BOT)]
+        )
+        .1,
         vec![(30, 12)],
         "the Bearer token is read first"
     );
@@ -1234,39 +1591,141 @@ fn the_model_forge_reads_requests_like_gitlab() {
         "an unknown token in the carrier picked is 401"
     );
     assert_eq!(
-        run(NEW, "GET", "/api/v4/projects/12", None, &[("PRIVATE-TOKEN", PAT), ("JOB-TOKEN", OTHER)]),
+        run(
+            NEW,
+            "GET",
+            "/api/v4/projects/12",
+            None,
+            &[("PRIVATE-TOKEN", PAT), ("JOB-TOKEN", OTHER)]
+        ),
         (200, vec![]),
         "a PAT wins over a job token"
     );
     assert_eq!(
-        run(NEW, "GET", "/api/v4/projects/12", None, &[("PRIVATE-TOKEN", OTHER)]).0,
+        run(
+            NEW,
+            "GET",
+            "/api/v4/projects/12",
+            None,
+            &[("PRIVATE-TOKEN", OTHER)]
+        )
+        .0,
         401,
         "a job token in PRIVATE-TOKEN authenticates nothing on the API"
     );
-    assert_eq!(run(NEW, "GET", "/api/v4/projects/12", None, &[("JOB_TOKEN", OTHER)]).0, 401);
-    assert_eq!(run(OLD, "GET", "/api/v4/projects/12", None, &[("JOB_TOKEN", OTHER)]).1, vec![(30, 12)]);
     assert_eq!(
-        run(NEW, "GET", "/api/v4/projects/12", None, &[("JOB-TOKEN", OTHER), ("job-token", BOT)]).0,
+        run(
+            NEW,
+            "GET",
+            "/api/v4/projects/12",
+            None,
+            &[("JOB_TOKEN", OTHER)]
+        )
+        .0,
+        401
+    );
+    assert_eq!(
+        run(
+            OLD,
+            "GET",
+            "/api/v4/projects/12",
+            None,
+            &[("JOB_TOKEN", OTHER)]
+        )
+        .1,
+        vec![(30, 12)]
+    );
+    assert_eq!(
+        run(
+            NEW,
+            "GET",
+            "/api/v4/projects/12",
+            None,
+            &[("JOB-TOKEN", OTHER), ("job-token", BOT)]
+        )
+        .0,
         401,
         "repeated header lines are joined"
     );
     // Git: Basic only, case-insensitive lookup, old paths served, `.GIT` not a Git route.
     let b = basic("gitlab-ci-token", OTHER);
     let auth = [("Authorization", b.as_str())];
-    assert_eq!(run(NEW, "GET", "/ACME/Vault.git/info/refs", None, &auth), (200, vec![(30, 40)]));
-    assert_eq!(run(NEW, "GET", "/acme/secrets.git/info/refs", None, &auth), (200, vec![(30, 40)]));
-    assert_eq!(run(NEW, "GET", "/acme/secrets.wiki.git/info/refs", None, &auth), (200, vec![(30, 40)]));
-    assert_eq!(run(NEW, "GET", "/acme/vault.GIT/info/refs", None, &auth).0, 404);
-    assert_eq!(run(NEW, "GET", "/acme%2Fvault.git/info/refs", None, &auth).0, 404);
+    assert_eq!(
+        run(NEW, "GET", "/ACME/Vault.git/info/refs", None, &auth),
+        (200, vec![(30, 40)])
+    );
+    assert_eq!(
+        run(NEW, "GET", "/acme/secrets.git/info/refs", None, &auth),
+        (200, vec![(30, 40)])
+    );
+    assert_eq!(
+        run(NEW, "GET", "/acme/secrets.wiki.git/info/refs", None, &auth),
+        (200, vec![(30, 40)])
+    );
+    assert_eq!(
+        run(NEW, "GET", "/acme/vault.GIT/info/refs", None, &auth).0,
+        404
+    );
+    assert_eq!(
+        run(NEW, "GET", "/acme%2Fvault.git/info/refs", None, &auth).0,
+        404
+    );
     assert_eq!(run(NEW, "GET", "/acme/vault/info/refs", None, &auth).0, 302);
-    assert_eq!(run(NEW, "GET", "/acme/vault.git/info/refs", None, &[("JOB-TOKEN", OTHER)]).0, 401);
+    assert_eq!(
+        run(
+            NEW,
+            "GET",
+            "/acme/vault.git/info/refs",
+            None,
+            &[("JOB-TOKEN", OTHER)]
+        )
+        .0,
+        401
+    );
     // Registry: longest of the first three prefixes, push only on the own project, no redirects.
     let jwt = |scope: &str| format!("service=container_registry&scope={scope}");
-    assert_eq!(run(NEW, "GET", "/jwt/auth", q(&jwt("repository:globex/tool/a/b:pull")), &auth).1, vec![(30, 30)]);
-    assert_eq!(run(NEW, "GET", "/jwt/auth", q(&jwt("repository:acme/app:push")), &auth).1, vec![]);
-    assert_eq!(run(NEW, "GET", "/jwt/auth", q(&jwt("repository:acme/secrets:pull")), &auth).1, vec![]);
     assert_eq!(
-        run(OLD, "GET", "/jwt/auth", q("service=container_registry;scope=repository:acme/app:pull"), &auth).1,
+        run(
+            NEW,
+            "GET",
+            "/jwt/auth",
+            q(&jwt("repository:globex/tool/a/b:pull")),
+            &auth
+        )
+        .1,
+        vec![(30, 30)]
+    );
+    assert_eq!(
+        run(
+            NEW,
+            "GET",
+            "/jwt/auth",
+            q(&jwt("repository:acme/app:push")),
+            &auth
+        )
+        .1,
+        vec![]
+    );
+    assert_eq!(
+        run(
+            NEW,
+            "GET",
+            "/jwt/auth",
+            q(&jwt("repository:acme/secrets:pull")),
+            &auth
+        )
+        .1,
+        vec![]
+    );
+    assert_eq!(
+        run(
+            OLD,
+            "GET",
+            "/jwt/auth",
+            q("service=container_registry;scope=repository:acme/app:pull"),
+            &auth
+        )
+        .1,
         vec![(30, 12)]
     );
 }
@@ -1314,7 +1773,11 @@ async fn no_variant_is_served_out_of_scope() {
         assert!(canonical > 100);
         // The forge really served things: the suite is not vacuous.
         let served: usize = report.counts.values().map(|c| c.served).sum();
-        assert!(served > 300, "[{}] only {served} variants served", dialect.name);
+        assert!(
+            served > 300,
+            "[{}] only {served} variants served",
+            dialect.name
+        );
         failures.extend(report.violations);
         failures.extend(report.unmet);
     }
@@ -1345,7 +1808,8 @@ async fn open_defaults_old_git_paths_of_renamed_projects() {
     );
     for v in &report.violations {
         assert!(
-            v.to_ascii_lowercase().contains(OLD_VAULT) && (v.contains("(git)") || v.contains("(lfs)")),
+            v.to_ascii_lowercase().contains(OLD_VAULT)
+                && (v.contains("(git)") || v.contains("(lfs)")),
             "only Git/LFS requests on the old path leak: {v}"
         );
     }
@@ -1356,19 +1820,39 @@ async fn open_defaults_old_git_paths_of_renamed_projects() {
 
 fn git(dir: &Path, args: &[&str]) {
     let out = std::process::Command::new("git")
-        .args(["-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "init.defaultBranch=main"])
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.com",
+            "-c",
+            "init.defaultBranch=main",
+        ])
         .args(args)
         .current_dir(dir)
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("HOME", dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 async fn clone(dir: &Path, url: &str, into: &str) -> std::process::Output {
     let cmd = tokio::process::Command::new("git")
-        .args(["-c", "credential.helper=", "-c", "http.proxy=", "clone", "-q", url, into])
+        .args([
+            "-c",
+            "credential.helper=",
+            "-c",
+            "http.proxy=",
+            "clone",
+            "-q",
+            url,
+            into,
+        ])
         .current_dir(dir)
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_CONFIG_NOSYSTEM", "1")
@@ -1400,7 +1884,16 @@ async fn a_real_git_clone_goes_through_and_an_out_of_scope_one_does_not() {
     for repo in ["acme/app.git", "globex/tool.git", "acme/vault.git"] {
         let dest = root.join(repo);
         std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
-        git(tmp.path(), &["clone", "-q", "--bare", work.to_str().unwrap(), dest.to_str().unwrap()]);
+        git(
+            tmp.path(),
+            &[
+                "clone",
+                "-q",
+                "--bare",
+                work.to_str().unwrap(),
+                dest.to_str().unwrap(),
+            ],
+        );
     }
     let rig = rig(NEW, &scopes(false), Some(root)).await;
     let gw = rig.gw.listen;
@@ -1410,12 +1903,23 @@ async fn a_real_git_clone_goes_through_and_an_out_of_scope_one_does_not() {
     for (n, path) in ["acme/app.git", "ACME/App.git"].iter().enumerate() {
         let into = format!("clone{n}");
         let out = clone(tmp.path(), &url(BOT, path), &into).await;
-        assert!(out.status.success(), "clone {path}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "clone {path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let readme = std::fs::read_to_string(tmp.path().join(&into).join("README.md")).unwrap();
         assert_eq!(readme, "hello from acme/app\n");
     }
-    let served: Vec<_> = rig.forge.seen().into_iter().flat_map(|s| s.served).collect();
-    assert!(served.iter().any(|s| s.origin == 10 && s.target == 12 && s.family == "git"));
+    let served: Vec<_> = rig
+        .forge
+        .seen()
+        .into_iter()
+        .flat_map(|s| s.served)
+        .collect();
+    assert!(served
+        .iter()
+        .any(|s| s.origin == 10 && s.target == 12 && s.family == "git"));
 
     // Out of scope: globex/tool for the bot, acme/vault for globex/tool (also by its old path).
     for (tok, path, target) in [

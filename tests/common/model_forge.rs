@@ -438,7 +438,11 @@ struct Query {
 
 impl Query {
     fn get(&self, k: &str) -> Option<&PVal> {
-        self.params.iter().rev().find(|(n, _)| n == k).map(|(_, v)| v)
+        self.params
+            .iter()
+            .rev()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v)
     }
     fn all(&self, k: &str) -> Vec<&str> {
         self.pairs
@@ -777,7 +781,10 @@ fn api_v4(world: &World, d: Dialect, req: &RawRequest, q: &Query, segs: &[String
                 None => verdict(404, "job not found"),
             }
         }
-        "job" if segs.len() == 1 || (segs.len() == 2 && dec(1).as_deref() == Some("allowed_agents")) => {
+        "job"
+            if segs.len() == 1
+                || (segs.len() == 2 && dec(1).as_deref() == Some("allowed_agents")) =>
+        {
             Verdict {
                 status: 200,
                 job_doc: Some(job),
@@ -1059,7 +1066,11 @@ impl ModelForge {
 
     /// Everything received so far (the gateway's own `GET /api/v4/job` lookups included).
     pub fn seen(&self) -> Vec<Seen> {
-        self.state.seen.lock().map(|s| s.clone()).unwrap_or_default()
+        self.state
+            .seen
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
     }
 
     /// What the forge did with the requests of one variant.
@@ -1171,7 +1182,10 @@ async fn git_http_backend(
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("GIT_PROJECT_ROOT", root)
         .env("GIT_HTTP_EXPORT_ALL", "1")
-        .env("PATH_INFO", format!("/{}.git/{}", git.project_path, git.rest))
+        .env(
+            "PATH_INFO",
+            format!("/{}.git/{}", git.project_path, git.rest),
+        )
         .env("QUERY_STRING", req.query.unwrap_or(""))
         .env("REQUEST_METHOD", req.method)
         .env("CONTENT_TYPE", header("content-type"))
@@ -1219,6 +1233,9 @@ async fn git_http_backend(
             headers.push((n.trim().to_ascii_lowercase(), v));
         }
     }
-    let hs: Vec<(&str, String)> = headers.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
+    let hs: Vec<(&str, String)> = headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.clone()))
+        .collect();
     respond(status, Bytes::copy_from_slice(&stdout[end + sep..]), &hs)
 }
