@@ -214,10 +214,19 @@ struct Variant {
     target: String,
     headers: Vec<(String, String)>,
     expect: Expect,
+    /// The whole request bytes, when the variant is about framing (`{host}` and `{id}` are
+    /// filled in); `method`, `target` and `headers` are then only for the label.
+    raw: Option<String>,
 }
 
 impl Variant {
     fn bytes(&self, id: usize, host: SocketAddr) -> Vec<u8> {
+        if let Some(raw) = &self.raw {
+            return raw
+                .replace("{host}", &host.to_string())
+                .replace("{id}", &id.to_string())
+                .into_bytes();
+        }
         let target = self.target.replace("{host}", &host.to_string());
         let mut out = format!("{} {} HTTP/1.1\r\nHost: {host}\r\n", self.method, target);
         for (n, v) in &self.headers {
@@ -357,7 +366,40 @@ fn carriers(t: &str) -> Vec<Carrier> {
             basic("GITLAB-CI-TOKEN", t),
             false,
         ),
+        hd(
+            "Basic junk chars",
+            "Authorization",
+            format!(
+                "Basic {}",
+                b64(format!("gitlab-ci-token:{t}"))
+                    .as_bytes()
+                    .chunks(4)
+                    .map(|c| String::from_utf8_lossy(c).into_owned())
+                    .collect::<Vec<_>>()
+                    .join(".")
+            ),
+            true,
+        ),
+        hd(
+            "Basic, '=' then more",
+            "Authorization",
+            format!(
+                "Basic {}=={}",
+                b64(format!("gitlab-ci-token:{t}")).trim_end_matches('='),
+                b64(format!("gitlab-ci-token:{OTHER}"))
+            ),
+            false,
+        ),
         hd("Bearer", "Authorization", format!("Bearer {t}"), true),
+        hd(
+            "Bearer two spaces",
+            "Authorization",
+            format!("Bearer  {t}"),
+            false,
+        ),
+        hd("Bearer tab", "Authorization", format!("Bearer\t{t}"), false),
+        hd("Token scheme", "Authorization", format!("Token {t}"), false),
+        hd("bare Authorization", "Authorization", t.to_string(), false),
         hd("bearer lower", "authorization", format!("bearer {t}"), true),
         hd("BEARER", "Authorization", format!("BEARER {t}"), true),
         hd("PRIVATE-TOKEN", "PRIVATE-TOKEN", t.into(), false),
@@ -396,6 +438,19 @@ impl Gen {
             target: target.into(),
             headers,
             expect,
+            raw: None,
+        });
+    }
+
+    fn raw(&mut self, class: &'static str, label: impl Into<String>, raw: String, expect: Expect) {
+        self.out.push(Variant {
+            class,
+            label: label.into(),
+            method: String::new(),
+            target: String::new(),
+            headers: vec![],
+            expect,
+            raw: Some(raw),
         });
     }
 }
@@ -1235,7 +1290,197 @@ fn generate() -> Vec<Variant> {
         }
     }
 
-    // 8. The renamed project's old path, by its own job and by others, on every family.
+    // 8. Framing: pipelining, bodies that look like requests, conflicting lengths, obs-fold,
+    // bare LF, HTTP/1.0, and credential headers named in `Connection`.
+    for (tok, origin) in ORIGINS {
+        let denied = if origin == 10 { 30 } else { 12 };
+        let allowed = if origin == 10 { 12 } else { 41 };
+        let inner = format!(
+            "GET /api/v4/projects/{denied} HTTP/1.1\r\nHost: {{host}}\r\nJOB-TOKEN: {tok}\r\nX-Variant: {{id}}\r\n\r\n"
+        );
+        let head = |method: &str, path: &str, extra: &str| {
+            format!("{method} {path} HTTP/1.1\r\nHost: {{host}}\r\nX-Variant: {{id}}\r\n{extra}")
+        };
+        let allowed_path = format!("/api/v4/projects/{allowed}/merge_requests");
+        let frames: Vec<(&str, String, Expect)> = vec![
+            (
+                "pipelined: allowed then denied",
+                format!(
+                    "{}\r\n{}",
+                    head("GET", &allowed_path, &format!("JOB-TOKEN: {tok}\r\n")),
+                    inner.replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n")
+                ),
+                Expect::Served(origin, allowed),
+            ),
+            (
+                "pipelined: anonymous then denied",
+                format!(
+                    "{}\r\n{}",
+                    head("GET", &allowed_path, ""),
+                    inner.replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n")
+                ),
+                Expect::Any,
+            ),
+            (
+                "request in a Content-Length body",
+                format!(
+                    "{}Content-Length: {}\r\nConnection: close\r\n\r\n{inner}",
+                    head("POST", &allowed_path, &format!("JOB-TOKEN: {tok}\r\n")),
+                    inner.replace("{host}", "127.0.0.1:1").replace("{id}", "0").len()
+                ),
+                Expect::Any,
+            ),
+            (
+                "chunked + Content-Length with a request after 0",
+                format!(
+                    "{}Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n{}",
+                    head("POST", &allowed_path, &format!("JOB-TOKEN: {tok}\r\n")),
+                    inner.replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n")
+                ),
+                Expect::Any,
+            ),
+            (
+                "two Content-Lengths",
+                format!(
+                    "{}Content-Length: 0\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+                    head("POST", &format!("/api/v4/projects/{denied}"), &format!("JOB-TOKEN: {tok}\r\n"))
+                ),
+                Expect::Any,
+            ),
+            (
+                "Transfer-Encoding: xchunked",
+                format!(
+                    "{}Transfer-Encoding: xchunked\r\nConnection: close\r\n\r\n0\r\n\r\n",
+                    head("POST", &format!("/api/v4/projects/{denied}"), &format!("JOB-TOKEN: {tok}\r\n"))
+                ),
+                Expect::Any,
+            ),
+            (
+                "obs-fold continuation of JOB-TOKEN",
+                format!(
+                    "{}Connection: close\r\n\r\n",
+                    head("GET", &format!("/api/v4/projects/{denied}"), &format!("JOB-TOKEN: x\r\n {tok}\r\n"))
+                ),
+                Expect::Any,
+            ),
+            (
+                "space before colon",
+                format!(
+                    "{}Connection: close\r\n\r\n",
+                    head("GET", &format!("/api/v4/projects/{denied}"), &format!("JOB-TOKEN : {tok}\r\n"))
+                ),
+                Expect::Any,
+            ),
+            (
+                "bare LF line endings",
+                format!(
+                    "GET /api/v4/projects/{denied} HTTP/1.1\nHost: {{host}}\nX-Variant: {{id}}\nJOB-TOKEN: {tok}\nConnection: close\n\n"
+                ),
+                Expect::Any,
+            ),
+            (
+                "HTTP/1.0",
+                format!(
+                    "GET /api/v4/projects/{denied} HTTP/1.0\r\nHost: {{host}}\r\nX-Variant: {{id}}\r\nJOB-TOKEN: {tok}\r\n\r\n"
+                ),
+                Expect::Any,
+            ),
+            (
+                "HTTP/1.0 allowed",
+                format!(
+                    "GET {allowed_path} HTTP/1.0\r\nHost: {{host}}\r\nX-Variant: {{id}}\r\nJOB-TOKEN: {tok}\r\n\r\n"
+                ),
+                Expect::Served(origin, allowed),
+            ),
+            (
+                "tab in the request line",
+                format!(
+                    "GET\t/api/v4/projects/{denied}\tHTTP/1.1\r\nHost: {{host}}\r\nX-Variant: {{id}}\r\nJOB-TOKEN: {tok}\r\nConnection: close\r\n\r\n"
+                ),
+                Expect::Any,
+            ),
+            (
+                "NUL in a header value",
+                format!(
+                    "{}Connection: close\r\n\r\n",
+                    head("GET", &format!("/api/v4/projects/{denied}"), &format!("JOB-TOKEN: {tok}\0x\r\n"))
+                ),
+                Expect::Any,
+            ),
+        ];
+        for (name, raw, expect) in frames {
+            g.raw("framing", format!("{name} by {origin}"), raw, expect);
+        }
+        for (conn, creds) in [
+            ("JOB-TOKEN", vec![h("JOB-TOKEN", tok)]),
+            ("job-token, close", vec![h("job-token", tok)]),
+            (
+                "Authorization",
+                vec![h("Authorization", format!("Bearer {tok}"))],
+            ),
+            (
+                "authorization",
+                vec![h("Authorization", basic("gitlab-ci-token", tok))],
+            ),
+            (
+                "PRIVATE-TOKEN",
+                vec![h("PRIVATE-TOKEN", PAT), h("JOB-TOKEN", tok)],
+            ),
+            (
+                "JOB-TOKEN",
+                vec![
+                    h("JOB-TOKEN", tok),
+                    h("Authorization", format!("Bearer {tok}")),
+                ],
+            ),
+        ] {
+            for target in [allowed, denied] {
+                let mut headers = creds.clone();
+                headers.push(h("Connection", conn));
+                g.push(
+                    "connection",
+                    format!("Connection: {conn} with {creds:?} → {target}"),
+                    "GET",
+                    mr(&target.to_string()),
+                    headers,
+                    Expect::Any,
+                );
+            }
+        }
+        // Methods, fragments.
+        for (method, path) in [
+            ("get", format!("/api/v4/projects/{denied}")),
+            ("OPTIONS", format!("/api/v4/projects/{denied}")),
+            ("PATCH", format!("/api/v4/projects/{denied}")),
+            ("DELETE", format!("/api/v4/projects/{denied}")),
+            ("GET", format!("/api/v4/projects/{denied}#x")),
+            ("GET", format!("/api/v4/projects/{allowed}#/../{denied}")),
+            ("GET", format!("/api/v4/projects/{allowed}?#/../{denied}")),
+        ] {
+            g.push(
+                "path-shape",
+                format!("{method} {path} by {origin}"),
+                method,
+                path,
+                vec![h("JOB-TOKEN", tok)],
+                Expect::Any,
+            );
+        }
+        for sep in ["%09", "%0A", "%0D%0A", "%0B", "%0C", "++"] {
+            g.push(
+                "registry",
+                format!("scope split on {sep} by {origin}"),
+                "GET",
+                format!(
+                    "/jwt/auth?service=container_registry&scope=repository:acme/deploy-bot:pull{sep}repository:globex/tool:pull{sep}repository:acme/app:pull"
+                ),
+                vec![h("Authorization", basic("gitlab-ci-token", tok))],
+                Expect::Any,
+            );
+        }
+    }
+
+    // 9. The renamed project's old path, by its own job and by others, on every family.
     for (tok, origin) in [(BOT, 10u64), (OTHER, 30), (VAULT_CI, 40), (APP, 12)] {
         let enc_old = OLD_VAULT.replace('/', "%2F");
         let auth = basic("gitlab-ci-token", tok);
