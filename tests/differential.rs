@@ -2040,7 +2040,8 @@ async fn no_variant_is_served_out_of_scope() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_defaults_old_git_paths_of_renamed_projects() {
     let variants = generate();
-    let rig = rig(OLD, &scopes(true), None).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let rig = rig(OLD, &scopes(true), Some(make_repos(tmp.path()))).await;
     let report = run(&rig, &variants).await;
     print_counts("rack2, open defaults", &report);
     for line in &report.violations {
@@ -2058,6 +2059,29 @@ async fn open_defaults_old_git_paths_of_renamed_projects() {
             "only Git/LFS requests on the old path leak: {v}"
         );
     }
+    // And a real clone by the old path hands globex/tool's job acme/vault's code, while the
+    // current path is denied.
+    let gw = rig.gw.listen;
+    let current = clone(
+        tmp.path(),
+        &format!("http://gitlab-ci-token:{OTHER}@{gw}/acme/vault.git"),
+        "by-current-path",
+    )
+    .await;
+    assert!(!current.status.success(), "the current path is denied");
+    let old = clone(
+        tmp.path(),
+        &format!("http://gitlab-ci-token:{OTHER}@{gw}/{OLD_VAULT}.git"),
+        "by-old-path",
+    )
+    .await;
+    assert!(
+        old.status.success(),
+        "the known gap: {}",
+        String::from_utf8_lossy(&old.stderr)
+    );
+    let readme = std::fs::read_to_string(tmp.path().join("by-old-path/README.md")).unwrap();
+    assert_eq!(readme, "hello from acme/vault\n");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2116,21 +2140,21 @@ async fn clone(dir: &Path, url: &str, into: &str) -> std::process::Output {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_real_git_clone_goes_through_and_an_out_of_scope_one_does_not() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("repos");
-    let work = tmp.path().join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    git(&work, &["init", "-q"]);
-    std::fs::write(work.join("README.md"), "hello from acme/app\n").unwrap();
-    git(&work, &["add", "README.md"]);
-    git(&work, &["commit", "-q", "-m", "first"]);
-    for repo in ["acme/app.git", "globex/tool.git", "acme/vault.git"] {
-        let dest = root.join(repo);
+/// Bare repositories for acme/app, globex/tool and acme/vault under `<tmp>/repos`, each
+/// holding one commit whose README names the project.
+fn make_repos(tmp: &Path) -> PathBuf {
+    let root = tmp.join("repos");
+    for repo in ["acme/app", "globex/tool", "acme/vault"] {
+        let work = tmp.join("work").join(repo);
+        std::fs::create_dir_all(&work).unwrap();
+        git(&work, &["init", "-q"]);
+        std::fs::write(work.join("README.md"), format!("hello from {repo}\n")).unwrap();
+        git(&work, &["add", "README.md"]);
+        git(&work, &["commit", "-q", "-m", "first"]);
+        let dest = root.join(format!("{repo}.git"));
         std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
         git(
-            tmp.path(),
+            tmp,
             &[
                 "clone",
                 "-q",
@@ -2140,6 +2164,13 @@ async fn a_real_git_clone_goes_through_and_an_out_of_scope_one_does_not() {
             ],
         );
     }
+    root
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_git_clone_goes_through_and_an_out_of_scope_one_does_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = make_repos(tmp.path());
     let rig = rig(NEW, &scopes(false), Some(root)).await;
     let gw = rig.gw.listen;
     let url = |tok: &str, path: &str| format!("http://gitlab-ci-token:{tok}@{gw}/{path}");

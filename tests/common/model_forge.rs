@@ -1146,7 +1146,12 @@ async fn serve(state: &State, req: Request<Incoming>) -> Response<Body> {
     }
     if let (Some(git), Some(root)) = (&v.git, &state.git_root) {
         let repo = root.join(format!("{}.git", git.project_path));
-        if repo.is_dir() && !git.rest.contains("lfs") {
+        // Only real Git clients get the real repository; generated variants get the echo.
+        let git_client = raw
+            .headers
+            .iter()
+            .any(|(n, v)| n == "user-agent" && v.starts_with(b"git/"));
+        if repo.is_dir() && git_client && !git.rest.contains("lfs") {
             return git_http_backend(root, git, &raw, body).await;
         }
     }
