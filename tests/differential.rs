@@ -196,6 +196,10 @@ fn policy_decision(policy: &Policy, world: &World, origin: u64, target: u64) -> 
 // ---------------------------------------------------------------------------------------------
 // Variants.
 
+type Headers = Vec<(String, String)>;
+/// (origin, target) project ids.
+type Pair = (u64, u64);
+
 #[derive(Clone, Debug)]
 enum Expect {
     /// No expectation beyond the invariant.
@@ -586,7 +590,7 @@ fn generate() -> Vec<Variant> {
     // Three at once, and duplicates of one carrier.
     for target in [12u64, 30] {
         let path = mr(&target.to_string());
-        let dups: Vec<(String, Vec<String>, Vec<(String, String)>)> = vec![
+        let dups: Vec<(String, Vec<String>, Headers)> = vec![
             (
                 "job_token twice &".into(),
                 vec![format!("job_token={BOT}"), format!("job_token={OTHER}")],
@@ -1145,7 +1149,8 @@ fn generate() -> Vec<Variant> {
                 (format!("%73ervice=container_registry&%73cope=repository:{image}:pull"), false),
             ];
             for (query, canonical) in queries {
-                let expect = if canonical && !query.contains("push") || (canonical && own) {
+                // A scope asking for push is granted by the gateway only on the own project.
+                let expect = if canonical && (own || !query.contains("push")) {
                     Expect::Served(origin, id)
                 } else {
                     Expect::Any
@@ -1190,7 +1195,7 @@ fn generate() -> Vec<Variant> {
     }
 
     // 7. The other route families: jobs, groups, packages, GraphQL, internal, web.
-    let family_paths: Vec<(&str, String, Option<(u64, u64)>)> = vec![
+    let family_paths: Vec<(&str, String, Option<Pair>)> = vec![
         ("GET", "/api/v4/jobs/1001/artifacts".into(), Some((10, 10))),
         ("GET", "/api/v4/jobs/1004/artifacts".into(), Some((30, 30))),
         ("GET", "/api/v4/jobs/1002/trace".into(), None),
