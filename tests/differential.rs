@@ -58,6 +58,12 @@ fn world() -> World {
             p(40, "acme/vault", &[OLD_VAULT]),
             // Created with capitals; looked up in any letter case.
             p(41, "Globex/Public-Lib", &[]),
+            // A project whose name ends in `.wiki` (a valid GitLab path) next to an open one
+            // without the suffix: `/acme/notes.wiki.git` is *this* project for the forge
+            // (`Gitlab::RepoPath.parse` tries the literal path first).
+            p(43, "acme/notes.wiki", &[]),
+            p(44, "acme/notes", &[]),
+            p(45, "acme/board.design", &[]),
         ],
         groups: vec![
             Group {
@@ -137,6 +143,30 @@ path = "globex/public-lib"
 enabled = false
 [project.inbound]
 enabled = false
+
+[[project]]
+id = 43
+path = "acme/notes.wiki"
+[project.outbound]
+enabled = false
+[project.inbound]
+enabled = true
+
+[[project]]
+id = 44
+path = "acme/notes"
+[project.outbound]
+enabled = false
+[project.inbound]
+enabled = false
+
+[[project]]
+id = 45
+path = "acme/board.design"
+[project.outbound]
+enabled = false
+[project.inbound]
+enabled = true
 "#
     )
 }
@@ -487,6 +517,8 @@ fn allowed_limited(origin: u64, target: u64) -> bool {
             | (30, 10)
             | (30, 14)
             | (30, 41)
+            | (30, 44)
+            | (40, 44)
             | (30, 21)
             | (40, 40)
             | (40, 10)
@@ -890,7 +922,10 @@ fn generate() -> Vec<Variant> {
     }
 
     // 5. Git smart HTTP and LFS, every repository spelling.
-    let repos: [(u64, &str); 7] = [
+    let repos: [(u64, &str); 10] = [
+        (43, "acme/notes.wiki"),
+        (44, "acme/notes"),
+        (45, "acme/board.design"),
         (12, "acme/app"),
         (30, "globex/tool"),
         (40, "acme/vault"),
@@ -1988,7 +2023,7 @@ fn canonical_expectations_match_the_policy() {
         .policy;
     let w = world();
     for origin in [10u64, 12, 30, 40] {
-        for target in [10u64, 12, 14, 16, 20, 21, 30, 40, 41] {
+        for target in [10u64, 12, 14, 16, 20, 21, 30, 40, 41, 43, 44, 45] {
             if origin == 12 {
                 continue;
             }
