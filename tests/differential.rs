@@ -1967,6 +1967,15 @@ fn the_model_forge_reads_requests_like_gitlab() {
         .0,
         401
     );
+    // `Gitlab::RepoPath.parse` tries the literal path first: a project named `x.wiki` wins.
+    assert_eq!(
+        run(NEW, "GET", "/acme/notes.wiki.git/info/refs", None, &auth),
+        (200, vec![(30, 43)])
+    );
+    assert_eq!(
+        run(NEW, "GET", "/acme/app.wiki.git/info/refs", None, &auth),
+        (200, vec![(30, 12)])
+    );
     // Registry: longest of the first three prefixes, push only on the own project, no redirects.
     let jwt = |scope: &str| format!("service=container_registry&scope={scope}");
     assert_eq!(
@@ -2072,6 +2081,63 @@ async fn no_variant_is_served_out_of_scope() {
         failures.len(),
         failures.join("\n")
     );
+}
+
+/// The bypasses this suite found, as plain regressions (each was served before its fix):
+/// - `/<path>.wiki.git/...` was decided as `<path>` while the forge serves a project literally
+///   named `<path>.wiki` when one exists (shipped defaults, scope file listing `acme/notes`
+///   open and `acme/notes.wiki` inbound-limited);
+/// - `/api/v4/projects/<path>.json` was decided as the unknown project `<path>.json` while
+///   Grape 2.4+ reads `<path>` with format `json` (open inbound defaults).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regressions_found_by_this_suite() {
+    let cases: [(bool, &str, &str, (String, String)); 4] = [
+        (
+            false,
+            "GET",
+            "/acme/notes.wiki.git/info/refs?service=git-upload-pack",
+            h("Authorization", basic("gitlab-ci-token", OTHER)),
+        ),
+        (
+            false,
+            "POST",
+            "/acme/notes.wiki.git/info/lfs/objects/batch",
+            h("Authorization", basic("gitlab-ci-token", OTHER)),
+        ),
+        (
+            true,
+            "GET",
+            "/api/v4/projects/acme%2Fapp.json",
+            h("JOB-TOKEN", OTHER),
+        ),
+        (
+            true,
+            "GET",
+            "/api/v4/projects/acme%2Fvault%2Ejson",
+            h("JOB-TOKEN", OTHER),
+        ),
+    ];
+    for (open, method, target, header) in cases {
+        let rig = rig(OLD, &scopes(open), None).await;
+        let v = Variant {
+            class: "regression",
+            label: target.to_string(),
+            method: method.to_string(),
+            target: target.to_string(),
+            headers: vec![header],
+            expect: Expect::Any,
+            raw: None,
+        };
+        let status = send_raw(rig.gw.listen, &v.bytes(0, rig.gw.listen)).await;
+        assert!(
+            (400..500).contains(&status),
+            "{method} {target}: gateway answered {status}"
+        );
+        assert!(
+            rig.forge.seen_for("0").is_empty(),
+            "{method} {target} reached the forge"
+        );
+    }
 }
 
 /// With `[defaults]` open (not the shipped default), an old path of a renamed project is an
