@@ -995,6 +995,24 @@ fn generate() -> Vec<Variant> {
                     false,
                 ),
                 (
+                    ".WIKI.git",
+                    "GET",
+                    format!("/{p}.WIKI.git/info/refs"),
+                    false,
+                ),
+                (
+                    ".Design.git",
+                    "POST",
+                    format!("/{p}.Design.git/git-upload-pack"),
+                    false,
+                ),
+                (
+                    ".wiki.wiki.git",
+                    "GET",
+                    format!("/{p}.wiki.wiki.git/info/refs"),
+                    false,
+                ),
+                (
                     "snippet",
                     "GET",
                     format!("/{p}/snippets/1.git/info/refs"),
