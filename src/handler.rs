@@ -233,7 +233,10 @@ impl Gateway {
                 }
             },
             Target::Project {
-                project, id_span, ..
+                project,
+                id_span,
+                alias,
+                ..
             } => {
                 let identity = snapshot.policy.identify(project);
                 // Forward what was decided: a path the snapshot knows becomes its numeric id.
@@ -241,13 +244,21 @@ impl Gateway {
                     (Some(span), Some(id)) => Some((span.clone(), id)),
                     _ => None,
                 };
-                let decision = decide(
-                    &snapshot.policy,
-                    self.options.mode,
-                    &origin.project,
-                    &identity,
-                );
-                (identity, rewrite, decision)
+                let decide_on = |identity: &ProjectIdentity| {
+                    decide(
+                        &snapshot.policy,
+                        self.options.mode,
+                        &origin.project,
+                        identity,
+                    )
+                };
+                let decision = decide_on(&identity);
+                // The forge may read the request as the alias instead: the stricter counts.
+                let other = alias.as_ref().map(|a| snapshot.policy.identify(a));
+                match other.map(|i| (decide_on(&i), i)) {
+                    Some((d, i)) if d.strictness() > decision.strictness() => (i, rewrite, d),
+                    _ => (identity, rewrite, decision),
+                }
             }
         };
         outcome.target = Some(target_identity.clone());
