@@ -21,8 +21,9 @@ use crate::forward::{upstream_target, ClientConn, Forwarder};
 use crate::manage::{self, Manager};
 use crate::metrics::Metrics;
 use crate::origin::{OriginError, OriginResolver, TokenKind};
-use crate::project::ProjectIdentity;
+use crate::project::{ProjectIdentity, ProjectRef};
 use crate::registry::{decide_registry, RegistryDecision};
+use crate::renames::{PathResolver, Resolved};
 use crate::snapshot::{PolicyStore, Snapshot};
 use crate::target::{self, RouteKind, Target};
 
@@ -58,6 +59,9 @@ pub struct Gateway {
     pub authlog: Arc<AuthLog>,
     /// The management API under `/-/scopegate`; `None` when it is switched off.
     pub manage: Option<Arc<Manager>>,
+    /// Resolves paths the scope file does not list (renamed projects); `None` without a
+    /// lookup credential.
+    pub renames: Option<Arc<PathResolver>>,
     request_ids: RequestIds,
 }
 
@@ -85,6 +89,7 @@ impl Gateway {
             options,
             authlog: Arc::new(AuthLog::disabled()),
             manage: None,
+            renames: None,
             request_ids: RequestIds::new(),
         }
     }
@@ -236,9 +241,26 @@ impl Gateway {
                 project,
                 id_span,
                 alias,
-                ..
+                kind,
             } => {
-                let identity = snapshot.policy.identify(project);
+                let mut identity = snapshot.policy.identify(project);
+                // A path the scope file does not list may be a renamed project's old path,
+                // which the forge still serves over Git, LFS and the web (its API answers 301
+                // or 405 instead): decide on the project the forge will serve.
+                if let (None, Some(path), Some(renames)) =
+                    (identity.id, identity.path.as_deref(), &self.renames)
+                {
+                    if *kind != RouteKind::ProjectApi {
+                        match renames.resolve(path).await {
+                            Ok(Resolved::Project { id, path }) => {
+                                identity = snapshot.policy.identify(&ProjectRef::Id(id));
+                                identity.path.get_or_insert(path);
+                            }
+                            Ok(Resolved::Missing) => {}
+                            Err(e) => return Err(GatewayError::ForgeUnavailable(e.to_string())),
+                        }
+                    }
+                }
                 // Forward what was decided: a path the snapshot knows becomes its numeric id.
                 let rewrite = match (id_span, identity.id) {
                     (Some(span), Some(id)) => Some((span.clone(), id)),

@@ -184,6 +184,17 @@ struct Rig {
 }
 
 async fn rig(dialect: Dialect, scope_text: &str, git_root: Option<PathBuf>) -> Rig {
+    rig_with(dialect, scope_text, git_root, false).await
+}
+
+/// `lookup`: the gateway resolves unlisted Git/LFS/web paths with its own credential (the
+/// model's personal access token, in `lookup_token_file`).
+async fn rig_with(
+    dialect: Dialect,
+    scope_text: &str,
+    git_root: Option<PathBuf>,
+    lookup: bool,
+) -> Rig {
     let world = world();
     let forge = ModelForge::start(world.clone(), dialect, git_root).await;
     let dir = tempfile::tempdir().unwrap();
@@ -195,6 +206,11 @@ async fn rig(dialect: Dialect, scope_text: &str, git_root: Option<PathBuf>) -> R
         upstream: Some(forge.url()),
         scopes: Some(path),
         state_dir: dir.path().join("state"),
+        lookup_token_file: lookup.then(|| {
+            let file = dir.path().join("lookup-token");
+            std::fs::write(&file, format!("{}\n", model_forge::PAT)).unwrap();
+            file
+        }),
         ..Settings::default()
     };
     let gw = scopegate::start(settings).await.unwrap();
@@ -2206,6 +2222,37 @@ async fn open_defaults_old_git_paths_of_renamed_projects() {
     );
     let readme = std::fs::read_to_string(tmp.path().join("by-old-path/README.md")).unwrap();
     assert_eq!(readme, "hello from acme/vault\n");
+}
+
+/// The gap above, closed: with a lookup credential the gateway asks the forge what an unlisted
+/// Git/LFS/web path is, and decides on the project the forge will serve. No variant leaks, the
+/// canonical forms still pass, and a clone by the old path is denied like one by the current path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_defaults_with_lookup_old_paths_are_decided_as_the_renamed_project() {
+    let variants = generate();
+    let tmp = tempfile::tempdir().unwrap();
+    let rig = rig_with(OLD, &scopes(true), Some(make_repos(tmp.path())), true).await;
+    let report = run(&rig, &variants).await;
+    print_counts("rack2, open defaults, lookup", &report);
+    assert!(report.unmet.is_empty(), "{:#?}", report.unmet);
+    assert!(report.violations.is_empty(), "{:#?}", report.violations);
+    let gw = rig.gw.listen;
+    let before = rig.forge.seen().len();
+    for (url_path, dir) in [("acme/vault", "current"), (OLD_VAULT, "old")] {
+        let out = clone(
+            tmp.path(),
+            &format!("http://gitlab-ci-token:{OTHER}@{gw}/{url_path}.git"),
+            dir,
+        )
+        .await;
+        assert!(!out.status.success(), "{url_path}: clone must be denied");
+    }
+    let after = rig.forge.seen();
+    assert!(
+        after[before..].iter().all(|s| s.served.is_empty()),
+        "a denied clone reached the forge: {:#?}",
+        &after[before..]
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

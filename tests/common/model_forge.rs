@@ -1119,6 +1119,9 @@ async fn serve(state: &State, req: Request<Incoming>) -> Response<Body> {
         query: parts.uri.query(),
         headers: &headers,
     };
+    if let Some(resp) = lookup_with_pat(&state.world, &raw) {
+        return resp;
+    }
     let v = interpret(&state.world, state.dialect, &raw);
     if let Ok(mut seen) = state.seen.lock() {
         seen.push(Seen {
@@ -1164,6 +1167,46 @@ async fn serve(state: &State, req: Request<Incoming>) -> Response<Body> {
     }
     let doc = serde_json::json!({"status": v.status, "note": v.note});
     respond(v.status, Bytes::from(doc.to_string()), &headers)
+}
+
+/// `GET /api/v4/projects/:id` with the model's personal access token in `PRIVATE-TOKEN`: the
+/// lookup the gateway makes with its own credential (`lookup_token_file`). The project document
+/// (`id`, `path_with_namespace`), 301 to the numeric id for an old path (`find_project` with
+/// `follow_redirects`), or 404. Such requests carry no job token, so they are never "served"
+/// in the invariant's sense.
+fn lookup_with_pat(world: &World, req: &RawRequest<'_>) -> Option<Response<Body>> {
+    let pat = req
+        .headers
+        .iter()
+        .any(|(n, v)| n == "private-token" && v.as_slice() == PAT.as_bytes());
+    let seg = req.path.strip_prefix("/api/v4/projects/")?;
+    if !pat || req.method != "GET" || seg.contains('/') {
+        return None;
+    }
+    let id = pct_decode_lenient(seg);
+    let found = match id.parse::<u64>() {
+        Ok(n) => world
+            .project(n)
+            .map_or(Found::None, |p| Found::Project(p.id)),
+        Err(_) => world.by_full_path(&id),
+    };
+    Some(match found {
+        Found::Project(n) => {
+            let path = world.project(n).map_or("", |p| p.path);
+            let doc = serde_json::json!({"id": n, "path_with_namespace": path});
+            respond(200, Bytes::from(doc.to_string()), &[])
+        }
+        Found::Moved(n) => respond(
+            301,
+            Bytes::new(),
+            &[("location", format!("/api/v4/projects/{n}"))],
+        ),
+        Found::None => respond(
+            404,
+            Bytes::from_static(b"{\"message\":\"404 Project Not Found\"}"),
+            &[],
+        ),
+    })
 }
 
 /// Answer a Git request with `git http-backend` (CGI) on the canonical repository path.
