@@ -5,6 +5,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
+use crate::body::BodyError;
 use crate::credentials::CredentialError;
 use crate::decide::Limit;
 use crate::project::ProjectIdentity;
@@ -18,6 +19,14 @@ const RETRY_AFTER_SECS: &str = "5";
 pub enum GatewayError {
     #[error("{0}")]
     Credentials(#[from] CredentialError),
+
+    #[error("{0}")]
+    Body(#[from] BodyError),
+
+    #[error(
+        "the Connection header names {0}: a credential or framing header may not be hop-by-hop"
+    )]
+    ConnectionListsHeader(&'static str),
 
     #[error("undecodable target: {0}")]
     Target(#[from] TargetError),
@@ -71,7 +80,14 @@ fn describe_limit(limit: Limit, origin: &ProjectIdentity, target: &ProjectIdenti
 impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
-            GatewayError::Credentials(_) | GatewayError::Target(_) => StatusCode::BAD_REQUEST,
+            GatewayError::Credentials(_)
+            | GatewayError::Target(_)
+            | GatewayError::ConnectionListsHeader(_) => StatusCode::BAD_REQUEST,
+            GatewayError::Body(BodyError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::Body(BodyError::Encoded(_)) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            GatewayError::Body(BodyError::Malformed(_) | BodyError::Read) => {
+                StatusCode::BAD_REQUEST
+            }
             GatewayError::OutOfScope { .. }
             | GatewayError::Unattributed { .. }
             | GatewayError::RegistryRefused { .. } => StatusCode::FORBIDDEN,
@@ -89,6 +105,11 @@ impl GatewayError {
             GatewayError::Credentials(CredentialError::Conflicting) => "conflicting_tokens",
             GatewayError::Credentials(_) => "malformed_credentials",
             GatewayError::Target(_) => "undecodable_target",
+            GatewayError::Body(BodyError::TooLarge { .. }) => "body_too_large",
+            GatewayError::Body(BodyError::Encoded(_)) => "body_encoded",
+            GatewayError::Body(BodyError::Malformed(_)) => "malformed_body",
+            GatewayError::Body(BodyError::Read) => "body_read_failed",
+            GatewayError::ConnectionListsHeader(_) => "connection_lists_header",
             GatewayError::OutOfScope {
                 limit: Limit::Outbound,
                 ..
@@ -168,6 +189,17 @@ mod tests {
                 403,
             ),
             (GatewayError::Unattributed { origin: o.clone() }, 403),
+            (
+                GatewayError::Body(BodyError::TooLarge {
+                    kind: "JSON",
+                    cap: 1,
+                }),
+                413,
+            ),
+            (GatewayError::Body(BodyError::Encoded("JSON")), 415),
+            (GatewayError::Body(BodyError::Malformed("x")), 400),
+            (GatewayError::Body(BodyError::Read), 400),
+            (GatewayError::ConnectionListsHeader("host"), 400),
             (GatewayError::InvalidToken, 401),
             (GatewayError::ForgeUnavailable("timeout".into()), 503),
             (GatewayError::UpstreamConnect("refused".into()), 502),

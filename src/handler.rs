@@ -14,10 +14,11 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use crate::authlog::AuthLog;
+use crate::body;
 use crate::credentials::{self, JobToken};
 use crate::decide::{decide, Decision, Mode};
 use crate::error::GatewayError;
-use crate::forward::{upstream_target, ClientConn, Forwarder};
+use crate::forward::{connection_names_protected, upstream_target, ClientConn, Forwarder};
 use crate::manage::{self, Manager};
 use crate::metrics::Metrics;
 use crate::origin::{OriginError, OriginResolver, TokenKind};
@@ -67,6 +68,8 @@ pub struct HandlerOptions {
     /// Job-token prefixes (`glcbt-` by default).
     pub prefixes: Vec<Box<str>>,
     pub max_url_bytes: usize,
+    /// Largest body of an inspectable type read before the decision (`limits.max_inspected_body`).
+    pub max_inspected_body: usize,
 }
 
 impl Gateway {
@@ -149,6 +152,10 @@ impl Gateway {
         client: ClientConn,
         outcome: &mut Outcome,
     ) -> Result<Response<ResponseBody>, GatewayError> {
+        // HTTP/1.1 only (HTTP/2 has no Connection header): see `connection_names_protected`.
+        if let Some(name) = connection_names_protected(req.headers()) {
+            return Err(GatewayError::ConnectionListsHeader(name));
+        }
         let path = req.uri().path();
         if let Some(manager) = self
             .manage
@@ -172,8 +179,30 @@ impl Gateway {
         if target_len > self.options.max_url_bytes {
             return Err(GatewayError::UriTooLong(self.options.max_url_bytes));
         }
+        // Bodies the forge takes parameters from are read (up to the cap) and searched before
+        // anything is decided; the bytes read are what is forwarded.
+        let plan = body::plan(req.method(), req.headers())?;
+        let content_length = req
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+        let (parts, incoming) = req.into_parts();
+        let (forward_body, body_creds) = body::inspect(
+            incoming,
+            plan,
+            content_length,
+            self.options.max_inspected_body,
+        )
+        .await?;
+        let req = Request::from_parts(parts, forward_body);
         let snapshot = self.policy.load();
-        let creds = credentials::extract(req.headers(), req.uri().query(), &self.options.prefixes)?;
+        let creds = credentials::extract_with_body(
+            req.headers(),
+            req.uri().query(),
+            body_creds.as_ref(),
+            &self.options.prefixes,
+        )?;
+        drop(body_creds);
         let token = self.job_token(&snapshot, creds).await?;
         let path = req.uri().path();
         let query = req.uri().query();

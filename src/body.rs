@@ -1,0 +1,853 @@
+//! Credentials in request bodies, read the way the forge reads them, before the decision.
+//!
+//! GitLab's API merges body parameters into `params` (Grape over Rack), so `job_token`,
+//! `token`, `private_token`, … posted in a body authenticate like the query string:
+//! - Rack (`Rack::Request#POST`) parses `application/x-www-form-urlencoded`, any
+//!   `multipart/*` it is given a boundary for (`form_data?` / `parseable_data?`: form-data,
+//!   mixed, related; without a boundary it falls back to urlencoded), and a **POST without
+//!   Content-Type** as an urlencoded form — for any method when the type is a form type.
+//! - Grape (`Middleware::Formatter#read_body_input`) parses JSON bodies of POST, PUT, PATCH and
+//!   DELETE, including those **without a Content-Type** (the API's default format is JSON), and
+//!   merges a top-level object into the params. Rails controllers (LFS) parse
+//!   `application/vnd.git-lfs+json` as JSON too.
+//!
+//! So the gateway reads bodies of those types fully (at most `max_inspected_body` bytes),
+//! decodes their real structure (Rack's urlencoded grammar in `credentials`, multipart parts by
+//! the names Rack gives them, JSON top-level keys), hands the credential-named values to
+//! `credentials::extract_with_body`, and forwards the very bytes it read. Bigger bodies of
+//! those types are refused with 413 rather than forwarded unchecked. Everything else (git
+//! packs, `application/octet-stream`, …) streams untouched. Request trailers are never
+//! forwarded: nothing the gateway did not inspect reaches the forge.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap};
+use http::Method;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+use crate::credentials::{self, BodyCredentials};
+
+/// Deepest JSON nesting accepted in an inspected body. Ruby's `JSON.parse` stops at 100
+/// (`max_nesting`), so nothing the forge accepts is refused; serde_json's own recursion
+/// limit (128) bounds the parser's stack either way.
+const MAX_JSON_DEPTH: usize = 100;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BodyError {
+    /// Over the inspection cap: refused, never forwarded unchecked.
+    #[error("the request body ({kind}) is larger than {cap} bytes, the most the gateway reads to look for credentials; send a smaller body (files as application/octet-stream where the API takes them) and the CI/CD job token in the JOB-TOKEN header")]
+    TooLarge { kind: &'static str, cap: usize },
+    #[error("malformed request body: {0}")]
+    Malformed(&'static str),
+    #[error("a {0} request body with a Content-Encoding cannot be inspected for credentials; send it uncompressed")]
+    Encoded(&'static str),
+    #[error("the request body could not be read")]
+    Read,
+}
+
+/// How a request body is read, decided from its method and headers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// Not a type the forge takes parameters from: streamed untouched.
+    Opaque,
+    /// `application/x-www-form-urlencoded` (or multipart without a boundary).
+    Form,
+    /// `multipart/*` with the boundary Rack reads.
+    Multipart { boundary: String },
+    /// A JSON media type: must be valid JSON; a top-level object's keys are parameters.
+    Json,
+    /// No Content-Type. `form`: a POST, which Rack parses as urlencoded. Grape parses any
+    /// such body as JSON: when it may be an object (`{` first) it must be valid JSON.
+    Untyped { form: bool },
+}
+
+impl Plan {
+    fn label(&self) -> &'static str {
+        match self {
+            Plan::Opaque => "opaque",
+            Plan::Form => "application/x-www-form-urlencoded",
+            Plan::Multipart { .. } => "multipart",
+            Plan::Json => "JSON",
+            Plan::Untyped { .. } => "no Content-Type",
+        }
+    }
+}
+
+/// Which plan applies. Errors: ambiguous or undecodable Content-Type, compressed inspectable
+/// bodies.
+pub fn plan(method: &Method, headers: &HeaderMap) -> Result<Plan, BodyError> {
+    let mut types = headers.get_all(header::CONTENT_TYPE).iter();
+    let content_type = match (types.next(), types.next()) {
+        (None, _) => None,
+        (Some(v), None) => Some(
+            v.to_str()
+                .map_err(|_| BodyError::Malformed("Content-Type is not visible ASCII"))?,
+        ),
+        (Some(_), Some(_)) => return Err(BodyError::Malformed("more than one Content-Type")),
+    };
+    let plan = match content_type.and_then(media_type) {
+        None => Plan::Untyped {
+            form: method == Method::POST,
+        },
+        Some(media) => {
+            let media = media.to_ascii_lowercase();
+            if media == "application/x-www-form-urlencoded" {
+                Plan::Form
+            } else if media.starts_with("multipart/") {
+                match content_type.and_then(rack_boundary) {
+                    Some(boundary) => Plan::Multipart { boundary },
+                    None => Plan::Form,
+                }
+            } else if media
+                .split_once('/')
+                .is_some_and(|(_, sub)| sub.contains("json"))
+            {
+                // application/json, text/x-json, application/vnd.git-lfs+json, … : more than
+                // Grape's own list, never less.
+                Plan::Json
+            } else {
+                Plan::Opaque
+            }
+        }
+    };
+    if plan != Plan::Opaque {
+        // Neither Rack nor Grape decompresses; a proxy or forge version that did would read
+        // parameters the gateway cannot see.
+        let encoded = headers
+            .get_all(header::CONTENT_ENCODING)
+            .iter()
+            .any(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"identity"));
+        if encoded {
+            return Err(BodyError::Encoded(plan.label()));
+        }
+    }
+    Ok(plan)
+}
+
+/// Rack's `media_type`: `content_type.split(/\s*[;,]\s*/, 2).first`, None when blank.
+fn media_type(content_type: &str) -> Option<&str> {
+    let media = content_type
+        .split([';', ','])
+        .next()
+        .unwrap_or("")
+        .trim_matches(|c: char| c.is_ascii_whitespace());
+    (!media.is_empty()).then_some(media)
+}
+
+/// Rack's `MULTIPART = %r|\Amultipart/.*boundary=\"?([^\";,]+)\"?|ni`: the greedy `.*` takes
+/// the *last* `boundary=` that is followed by at least one boundary character.
+fn rack_boundary(content_type: &str) -> Option<String> {
+    let lower = content_type.to_ascii_lowercase();
+    if !lower.starts_with("multipart/") {
+        return None;
+    }
+    let key = "boundary=";
+    let mut end = lower.len();
+    while let Some(at) = lower[..end].rfind(key) {
+        let rest = &content_type[at + key.len()..];
+        let rest = rest.strip_prefix('"').unwrap_or(rest);
+        let value: String = rest
+            .chars()
+            .take_while(|c| !matches!(c, '"' | ';' | ','))
+            .collect();
+        if !value.is_empty() && at >= "multipart/".len() {
+            return Some(value);
+        }
+        end = at;
+    }
+    None
+}
+
+/// Reads the body as `plan` says. Returns the body to forward (the bytes read, byte-identical,
+/// or the untouched stream) and the credentials found in it.
+pub async fn inspect(
+    mut body: Incoming,
+    plan: Plan,
+    content_length: Option<u64>,
+    cap: usize,
+) -> Result<(ForwardBody, Option<BodyCredentials>), BodyError> {
+    let too_large = BodyError::TooLarge {
+        kind: plan.label(),
+        cap,
+    };
+    match plan {
+        Plan::Opaque => return Ok((ForwardBody::stream(body), None)),
+        // A body that may not be a JSON object is only peeked at (package uploads without a
+        // type stream as before); a form is read whatever it holds.
+        Plan::Untyped { form: false } => {
+            let mut peeked = Vec::new();
+            let mut len = 0usize;
+            let first = loop {
+                let Some(chunk) = next_data(&mut body).await? else {
+                    break None;
+                };
+                len += chunk.len();
+                let first = first_significant(&chunk, peeked.is_empty());
+                peeked.push(chunk);
+                if first.is_some() {
+                    break first;
+                }
+                if len > cap {
+                    return Err(too_large);
+                }
+            };
+            if !matches!(first, Some(b'{' | b'/')) {
+                return Ok((ForwardBody::with_prefix(peeked, body), None));
+            }
+            if content_length.is_some_and(|n| n > cap as u64) {
+                return Err(too_large);
+            }
+            let bytes = read_capped(&mut body, peeked, cap, too_large).await?;
+            let fields = json_fields(&bytes)?;
+            return Ok((
+                ForwardBody::full(bytes),
+                Some(BodyCredentials::fields(fields)),
+            ));
+        }
+        _ => {}
+    }
+    if content_length.is_some_and(|n| n > cap as u64) {
+        return Err(too_large);
+    }
+    let bytes = read_capped(&mut body, Vec::new(), cap, too_large).await?;
+    let creds = match plan {
+        Plan::Form => BodyCredentials::form(bytes.clone()),
+        Plan::Multipart { boundary } => {
+            BodyCredentials::fields(multipart_fields(bytes.clone(), boundary).await?)
+        }
+        Plan::Json => BodyCredentials::fields(json_fields(&bytes)?),
+        Plan::Untyped { .. } => {
+            // A POST without a type: Rack reads it as a form and Grape as JSON.
+            let fields = if matches!(first_significant(&bytes, true), Some(b'{' | b'/')) {
+                json_fields(&bytes)?
+            } else {
+                Vec::new()
+            };
+            let mut creds = BodyCredentials::fields(fields);
+            creds.form = Some(bytes.clone());
+            creds
+        }
+        Plan::Opaque => BodyCredentials::default(),
+    };
+    Ok((ForwardBody::full(bytes), Some(creds)))
+}
+
+/// The next data chunk; trailers are skipped (never forwarded, never read).
+async fn next_data(body: &mut Incoming) -> Result<Option<Bytes>, BodyError> {
+    use http_body_util::BodyExt;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| BodyError::Read)?;
+        if let Ok(data) = frame.into_data() {
+            if !data.is_empty() {
+                return Ok(Some(data));
+            }
+        }
+    }
+    Ok(None)
+}
+
+async fn read_capped(
+    body: &mut Incoming,
+    start: Vec<Bytes>,
+    cap: usize,
+    too_large: BodyError,
+) -> Result<Bytes, BodyError> {
+    let mut buf = BytesMut::new();
+    for chunk in start {
+        buf.extend_from_slice(&chunk);
+    }
+    if buf.len() > cap {
+        return Err(too_large);
+    }
+    while let Some(chunk) = next_data(body).await? {
+        if buf.len() + chunk.len() > cap {
+            return Err(too_large);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+/// The first byte that is not JSON whitespace (nor, at the very start, a UTF-8 BOM).
+fn first_significant(chunk: &[u8], at_start: bool) -> Option<u8> {
+    let chunk = match at_start {
+        true => chunk.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(chunk),
+        false => chunk,
+    };
+    chunk
+        .iter()
+        .copied()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+}
+
+/// (name, value) of every multipart part whose name is a credential parameter.
+async fn multipart_fields(
+    bytes: Bytes,
+    boundary: String,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>, BodyError> {
+    const BAD: BodyError = BodyError::Malformed("invalid multipart body");
+    let mut parts = multer::Multipart::new(Once(Some(bytes)), boundary);
+    let mut fields = Vec::new();
+    while let Some(mut part) = parts.next_field().await.map_err(|_| BAD)? {
+        let mut names: Vec<Vec<u8>> = part_names(part.headers())
+            .into_iter()
+            .filter(|n| credentials::is_credential_param(n))
+            .collect();
+        names.sort();
+        names.dedup();
+        if names.is_empty() {
+            while part.chunk().await.map_err(|_| BAD)?.is_some() {}
+            continue;
+        }
+        let value = part.bytes().await.map_err(|_| BAD)?;
+        for name in names {
+            fields.push((name, value.to_vec()));
+        }
+    }
+    Ok(fields)
+}
+
+/// The buffered body as the one-item stream multer reads.
+struct Once(Option<Bytes>);
+
+impl futures_core::Stream for Once {
+    type Item = Result<Bytes, Infallible>;
+    fn poll_next(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Poll::Ready(self.0.take().map(Ok))
+    }
+}
+
+/// Every name Rack could give a part, read generously: the `name=` (and `filename=`,
+/// `name*=`) parameters of Content-Disposition however quoted, Content-ID (Rack's fallback
+/// name), and Content-Type (Rack names a part without either `"<type>[]"`).
+fn part_names(headers: &HeaderMap) -> Vec<Vec<u8>> {
+    let mut names = Vec::new();
+    for value in headers.get_all(header::CONTENT_DISPOSITION) {
+        disposition_names(value.as_bytes(), &mut names);
+    }
+    for name in [HeaderName::from_static("content-id"), header::CONTENT_TYPE] {
+        for value in headers.get_all(&name) {
+            names.push(value.as_bytes().trim_ascii().to_vec());
+        }
+    }
+    names
+}
+
+use http::header::HeaderName;
+
+fn disposition_names(value: &[u8], out: &mut Vec<Vec<u8>>) {
+    let lower = value.to_ascii_lowercase();
+    let mut from = 0;
+    while let Some(at) = find(&lower[from..], b"name").map(|i| i + from) {
+        from = at + 4;
+        let mut i = from;
+        let extended = value.get(i) == Some(&b'*');
+        if extended {
+            i += 1;
+        }
+        while value.get(i).is_some_and(|b| b.is_ascii_whitespace()) {
+            i += 1;
+        }
+        if value.get(i) != Some(&b'=') {
+            continue;
+        }
+        i += 1;
+        while value.get(i).is_some_and(|b| b.is_ascii_whitespace()) {
+            i += 1;
+        }
+        let rest = &value[i..];
+        // Rack's `name="?([^\";]*)"?`: up to a quote or semicolon, spaces included.
+        let unquoted = rest.strip_prefix(b"\"").unwrap_or(rest);
+        let end = unquoted
+            .iter()
+            .position(|&b| b == b'"' || b == b';')
+            .unwrap_or(unquoted.len());
+        out.push(unquoted[..end].trim_ascii().to_vec());
+        // A quoted string with `\` escapes, dequoted.
+        if let Some(quoted) = rest.strip_prefix(b"\"") {
+            let mut name = Vec::new();
+            let mut bytes = quoted.iter();
+            while let Some(&b) = bytes.next() {
+                match b {
+                    b'\\' => name.extend(bytes.next()),
+                    b'"' => break,
+                    _ => name.push(b),
+                }
+            }
+            out.push(name);
+        }
+        // RFC 5987 `name*=utf-8''job%5Ftoken`.
+        if extended {
+            let raw = &unquoted[..end];
+            let encoded = match find(raw, b"''") {
+                Some(p) => &raw[p + 2..],
+                None => raw,
+            };
+            out.push(percent_encoding::percent_decode(encoded.trim_ascii()).collect());
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// (key, value) of every top-level key of a JSON object that is a credential parameter;
+/// duplicates all count (Ruby keeps the last). A non-object body has no parameters but must
+/// still be valid JSON (the forge answers 400 otherwise). A credential's value must be a
+/// string, null, or an array of them.
+fn json_fields(bytes: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, BodyError> {
+    const BAD: BodyError =
+        BodyError::Malformed("invalid JSON, or a credential that is not a string");
+    // Ruby's parser refuses a source that is not UTF-8; serde_json checks only what it keeps.
+    if std::str::from_utf8(bytes).is_err() {
+        return Err(BAD);
+    }
+    if json_depth_exceeds(bytes, MAX_JSON_DEPTH) {
+        return Err(BodyError::Malformed("JSON nested too deeply"));
+    }
+    let mut fields = Vec::new();
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    TopLevel(&mut fields)
+        .deserialize(&mut de)
+        .map_err(|_| BAD)?;
+    de.end().map_err(|_| BAD)?;
+    Ok(fields)
+}
+
+/// Whether brackets outside strings nest deeper than `max`: checked before parsing so that no
+/// parser recursion depends on the client.
+fn json_depth_exceeds(bytes: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in bytes {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
+struct TopLevel<'f>(&'f mut Fields);
+
+impl<'de> DeserializeSeed<'de> for TopLevel<'_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TopLevel<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<String>()? {
+            if credentials::is_credential_param(key.as_bytes()) {
+                for value in map.next_value::<CredentialValue>()?.0 {
+                    self.0.push((key.as_bytes().to_vec(), value.into_bytes()));
+                }
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(())
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+}
+
+/// A credential parameter's JSON value: a string, null (no credential) or an array of those
+/// (ActiveRecord would look up every element). Anything else is refused.
+struct CredentialValue(Vec<String>);
+
+impl<'de> de::Deserialize<'de> for CredentialValue {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(CredentialVisitor { nested: false })
+    }
+}
+
+struct CredentialVisitor {
+    nested: bool,
+}
+
+impl<'de> Visitor<'de> for CredentialVisitor {
+    type Value = CredentialValue;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string, null or an array of strings")
+    }
+    fn visit_str<E>(self, v: &str) -> Result<CredentialValue, E> {
+        Ok(CredentialValue(vec![v.to_owned()]))
+    }
+    fn visit_unit<E>(self) -> Result<CredentialValue, E> {
+        Ok(CredentialValue(Vec::new()))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<CredentialValue, A::Error> {
+        if self.nested {
+            return Err(de::Error::custom("nested array"));
+        }
+        let mut out = Vec::new();
+        while let Some(v) = seq.next_element_seed(NestedSeed)? {
+            out.extend(v.0);
+        }
+        Ok(CredentialValue(out))
+    }
+}
+
+struct NestedSeed;
+
+impl<'de> DeserializeSeed<'de> for NestedSeed {
+    type Value = CredentialValue;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<CredentialValue, D::Error> {
+        d.deserialize_any(CredentialVisitor { nested: true })
+    }
+}
+
+/// The body forwarded upstream: the bytes the gateway read, or the client's stream (after
+/// any bytes peeked at). Request trailers are dropped in both cases.
+pub struct ForwardBody {
+    prefix: VecDeque<Bytes>,
+    rest: Option<Incoming>,
+}
+
+impl ForwardBody {
+    pub fn stream(body: Incoming) -> Self {
+        Self::with_prefix(Vec::new(), body)
+    }
+
+    fn with_prefix(prefix: Vec<Bytes>, body: Incoming) -> Self {
+        ForwardBody {
+            prefix: prefix.into(),
+            rest: Some(body),
+        }
+    }
+
+    pub fn full(bytes: Bytes) -> Self {
+        ForwardBody {
+            prefix: VecDeque::from([bytes]),
+            rest: None,
+        }
+    }
+
+    fn prefix_len(&self) -> u64 {
+        self.prefix.iter().map(|b| b.len() as u64).sum()
+    }
+}
+
+impl fmt::Debug for ForwardBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ForwardBody")
+            .field("buffered", &self.prefix_len())
+            .field("streaming", &self.rest.is_some())
+            .finish()
+    }
+}
+
+impl Body for ForwardBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(chunk) = self.prefix.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        let Some(rest) = self.rest.as_mut() else {
+            return Poll::Ready(None);
+        };
+        loop {
+            match Pin::new(&mut *rest).poll_frame(cx) {
+                // Trailers are not passed on: the gateway never saw them before deciding.
+                Poll::Ready(Some(Ok(frame))) if !frame.is_data() => continue,
+                other => return other,
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_empty() && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let buffered = self.prefix_len();
+        let mut hint = match &self.rest {
+            Some(rest) => rest.size_hint(),
+            None => SizeHint::with_exact(0),
+        };
+        let lower = hint.lower().saturating_add(buffered);
+        let upper = hint.upper().map(|u| u.saturating_add(buffered));
+        hint.set_lower(lower);
+        if let Some(upper) = upper {
+            hint.set_upper(upper);
+        }
+        hint
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn ct(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_str(value).unwrap());
+        h
+    }
+
+    #[test]
+    fn plans_follow_rack_and_grape() {
+        let post = Method::POST;
+        assert_eq!(
+            plan(&post, &HeaderMap::new()),
+            Ok(Plan::Untyped { form: true })
+        );
+        assert_eq!(
+            plan(&Method::PUT, &HeaderMap::new()),
+            Ok(Plan::Untyped { form: false })
+        );
+        assert_eq!(plan(&post, &ct("")), Ok(Plan::Untyped { form: true }));
+        assert_eq!(
+            plan(&post, &ct(" ; charset=x")),
+            Ok(Plan::Untyped { form: true })
+        );
+        for form in [
+            "application/x-www-form-urlencoded",
+            "Application/X-WWW-Form-Urlencoded; charset=utf-8",
+            "application/x-www-form-urlencoded, text/plain",
+            "multipart/form-data",
+        ] {
+            assert_eq!(plan(&Method::GET, &ct(form)), Ok(Plan::Form), "{form}");
+        }
+        assert_eq!(
+            plan(&post, &ct("multipart/form-data; boundary=abc")),
+            Ok(Plan::Multipart {
+                boundary: "abc".into()
+            })
+        );
+        assert_eq!(
+            plan(&post, &ct("Multipart/Mixed; boundary=\"a b\"; x=1")),
+            Ok(Plan::Multipart {
+                boundary: "a b".into()
+            })
+        );
+        // Rack's greedy `.*`: the last boundary wins.
+        assert_eq!(
+            plan(
+                &post,
+                &ct("multipart/form-data; boundary=one; boundary=two")
+            ),
+            Ok(Plan::Multipart {
+                boundary: "two".into()
+            })
+        );
+        for json in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "application/vnd.git-lfs+json",
+            "text/x-json",
+        ] {
+            assert_eq!(plan(&post, &ct(json)), Ok(Plan::Json), "{json}");
+        }
+        for opaque in [
+            "application/octet-stream",
+            "application/x-git-upload-pack-request",
+            "text/plain",
+        ] {
+            assert_eq!(plan(&post, &ct(opaque)), Ok(Plan::Opaque), "{opaque}");
+        }
+        let mut two = ct("application/json");
+        two.append(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        assert!(matches!(plan(&post, &two), Err(BodyError::Malformed(_))));
+        let mut gz = ct("application/json");
+        gz.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        assert_eq!(plan(&post, &gz), Err(BodyError::Encoded("JSON")));
+        let mut gz = ct("application/octet-stream");
+        gz.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        assert_eq!(plan(&post, &gz), Ok(Plan::Opaque));
+    }
+
+    fn names(fields: &Fields) -> Vec<(String, String)> {
+        fields
+            .iter()
+            .map(|(n, v)| {
+                (
+                    String::from_utf8_lossy(n).into_owned(),
+                    String::from_utf8_lossy(v).into_owned(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn json_top_level_credentials() {
+        let f = json_fields(br#"{"ref":"main","token":"glcbt-a","job_token":null}"#).unwrap();
+        assert_eq!(names(&f), vec![("token".into(), "glcbt-a".into())]);
+        // Duplicates all count; escapes are decoded in keys and values.
+        let f = json_fields(br#"{"job_token":"a","job\u005ftoken":"b"}"#).unwrap();
+        assert_eq!(f.len(), 2);
+        assert_eq!(f[1].1, b"b");
+        // Arrays of strings: every element.
+        let f = json_fields(br#"{"private_token":["x",null,"y"]}"#).unwrap();
+        assert_eq!(f.len(), 2);
+        // Bracketed keys are read as Rack would read them in a form.
+        assert_eq!(json_fields(br#"{"job_token[]":"a"}"#).unwrap().len(), 1);
+        // Nested objects are not top-level parameters.
+        assert!(json_fields(br#"{"a":{"job_token":"x"}}"#)
+            .unwrap()
+            .is_empty());
+        // Non-object bodies have no parameters.
+        for ok in [&b"[1,2]"[..], b"\"x\"", b"3", b"null", b" {} "] {
+            assert!(json_fields(ok).unwrap().is_empty());
+        }
+        for bad in [
+            &br#"{"job_token":5}"#[..],
+            br#"{"token":true}"#,
+            br#"{"token":{"a":"b"}}"#,
+            br#"{"token":[["x"]]}"#,
+            br#"{"token":[1]}"#,
+            br#"{"a":1"#,
+            br#"{"a":1}x"#,
+            b"/* c */ {\"job_token\":\"x\"}",
+            b"",
+            b"{\"a\":\"\xff\"}",
+        ] {
+            assert!(
+                json_fields(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn json_depth_is_bounded() {
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(
+            json_fields(deep.as_bytes()),
+            Err(BodyError::Malformed("JSON nested too deeply"))
+        );
+        let ok = format!("{{\"a\":{}{}}}", "[".repeat(90), "]".repeat(90));
+        assert!(json_fields(ok.as_bytes()).is_ok());
+        // Brackets inside strings do not count.
+        let s = format!("{{\"a\":\"{}\"}}", "[".repeat(1000));
+        assert!(json_fields(s.as_bytes()).is_ok());
+    }
+
+    fn multipart(parts: &[(&str, &str)], boundary: &str) -> Bytes {
+        let mut out = String::new();
+        for (headers, value) in parts {
+            out.push_str(&format!("--{boundary}\r\n{headers}\r\n\r\n{value}\r\n"));
+        }
+        out.push_str(&format!("--{boundary}--\r\n"));
+        Bytes::from(out)
+    }
+
+    async fn parts(parts: &[(&str, &str)]) -> Result<Vec<(String, String)>, BodyError> {
+        let body = multipart(parts, "XyZ");
+        multipart_fields(body, "XyZ".into())
+            .await
+            .map(|f| names(&f))
+    }
+
+    #[tokio::test]
+    async fn multipart_parts_by_name() {
+        let f = parts(&[
+            ("Content-Disposition: form-data; name=\"ref\"", "main"),
+            ("Content-Disposition: form-data; name=\"token\"", "glcbt-t"),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(f, vec![("token".into(), "glcbt-t".into())]);
+        // Unquoted, other case, brackets, RFC 5987, file parts, Content-ID, Content-Type.
+        for headers in [
+            "content-disposition: form-data; NAME=job_token",
+            "Content-Disposition: form-data; name=\"job_token[]\"",
+            "Content-Disposition: form-data; name*=utf-8''job%5Ftoken",
+            "Content-Disposition: form-data; name=\"f\"; filename=\"job_token\"",
+            "Content-Disposition: form-data; name=\"jo\\b_token\"",
+            "Content-ID: job_token",
+            "Content-Type: job_token",
+        ] {
+            let f = parts(&[(headers, "glcbt-v")]).await.unwrap();
+            assert!(f.iter().any(|(_, v)| v == "glcbt-v"), "{headers}: {f:?}");
+        }
+        // A large non-credential part is not kept.
+        let big = "x".repeat(100_000);
+        let f = parts(&[("Content-Disposition: form-data; name=\"content\"", &big)])
+            .await
+            .unwrap();
+        assert!(f.is_empty());
+    }
+
+    #[tokio::test]
+    async fn malformed_multipart_is_refused() {
+        let good = multipart(&[("Content-Disposition: form-data; name=\"a\"", "1")], "B");
+        // Missing closing boundary.
+        let cut = good.slice(..good.len() - 6);
+        assert!(multipart_fields(cut, "B".into()).await.is_err());
+        // No boundary at all.
+        assert!(multipart_fields(Bytes::from_static(b"hello"), "B".into())
+            .await
+            .is_err());
+        // A different boundary.
+        assert!(multipart_fields(good, "C".into()).await.is_err());
+    }
+
+    #[test]
+    fn first_significant_skips_whitespace_and_bom() {
+        assert_eq!(first_significant(b" \r\n\t{", true), Some(b'{'));
+        assert_eq!(first_significant(b"\xEF\xBB\xBF {", true), Some(b'{'));
+        assert_eq!(first_significant(b"\xEF\xBB\xBF", false), Some(0xEF));
+        assert_eq!(first_significant(b"  ", true), None);
+    }
+}
