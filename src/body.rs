@@ -551,17 +551,17 @@ impl<'de> DeserializeSeed<'de> for NestedSeed {
 
 /// The body forwarded upstream: the bytes the gateway read, or the client's stream (after
 /// any bytes peeked at). Request trailers are dropped in both cases.
-pub struct ForwardBody {
+pub struct ForwardBody<B = Incoming> {
     prefix: VecDeque<Bytes>,
-    rest: Option<Incoming>,
+    rest: Option<B>,
 }
 
-impl ForwardBody {
-    pub fn stream(body: Incoming) -> Self {
+impl<B> ForwardBody<B> {
+    pub fn stream(body: B) -> Self {
         Self::with_prefix(Vec::new(), body)
     }
 
-    fn with_prefix(prefix: Vec<Bytes>, body: Incoming) -> Self {
+    fn with_prefix(prefix: Vec<Bytes>, body: B) -> Self {
         ForwardBody {
             prefix: prefix.into(),
             rest: Some(body),
@@ -580,7 +580,7 @@ impl ForwardBody {
     }
 }
 
-impl fmt::Debug for ForwardBody {
+impl<B> fmt::Debug for ForwardBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ForwardBody")
             .field("buffered", &self.prefix_len())
@@ -589,14 +589,14 @@ impl fmt::Debug for ForwardBody {
     }
 }
 
-impl Body for ForwardBody {
+impl<B: Body<Data = Bytes> + Unpin> Body for ForwardBody<B> {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = B::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         if let Some(chunk) = self.prefix.pop_front() {
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
@@ -618,16 +618,16 @@ impl Body for ForwardBody {
 
     fn size_hint(&self) -> SizeHint {
         let buffered = self.prefix_len();
-        let mut hint = match &self.rest {
+        let rest = match &self.rest {
             Some(rest) => rest.size_hint(),
             None => SizeHint::with_exact(0),
         };
-        let lower = hint.lower().saturating_add(buffered);
-        let upper = hint.upper().map(|u| u.saturating_add(buffered));
-        hint.set_lower(lower);
-        if let Some(upper) = upper {
-            hint.set_upper(upper);
+        let mut hint = SizeHint::new();
+        // Upper first: a SizeHint never holds lower > upper.
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper.saturating_add(buffered));
         }
+        hint.set_lower(rest.lower().saturating_add(buffered));
         hint
     }
 }
@@ -841,6 +841,34 @@ mod tests {
             .is_err());
         // A different boundary.
         assert!(multipart_fields(good, "C".into()).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn forwarded_bodies_drop_trailers() {
+        use http_body_util::{BodyExt, StreamBody};
+        let mut trailers = HeaderMap::new();
+        trailers.insert("job-token", HeaderValue::from_static("glcbt-smuggled"));
+        let frames: Vec<Result<Frame<Bytes>, Infallible>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"b"))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        let inner = StreamBody::new(Once2(frames.into()));
+        let body = ForwardBody::with_prefix(vec![Bytes::from_static(b"a")], inner);
+        let collected = body.collect().await.unwrap();
+        assert!(collected.trailers().is_none());
+        assert_eq!(collected.to_bytes(), Bytes::from_static(b"ab"));
+        let full = ForwardBody::<Incoming>::full(Bytes::from_static(b"xyz"));
+        assert_eq!(full.size_hint().exact(), Some(3));
+        assert!(!full.is_end_stream());
+    }
+
+    struct Once2(VecDeque<Result<Frame<Bytes>, Infallible>>);
+
+    impl futures_core::Stream for Once2 {
+        type Item = Result<Frame<Bytes>, Infallible>;
+        fn poll_next(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            Poll::Ready(self.0.pop_front())
+        }
     }
 
     #[test]

@@ -143,6 +143,11 @@ impl GatewayError {
             self
         );
         let mut resp = json_response(status, &serde_json::json!({ "message": message }));
+        if matches!(self, GatewayError::ConnectionListsHeader(_)) {
+            // The client's idea of this connection's headers is not to be trusted further.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut().insert(
                 header::RETRY_AFTER,
