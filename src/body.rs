@@ -22,8 +22,10 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap};
@@ -32,7 +34,10 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use crate::credentials::{self, BodyCredentials};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::credentials::{self, BodyCredentials, JobToken, LateField};
+use crate::error::GatewayError;
 
 /// Deepest JSON nesting accepted in an inspected body. Ruby's `JSON.parse` stops at 100
 /// (`max_nesting`), so nothing the forge accepts is refused; serde_json's own recursion
@@ -50,6 +55,9 @@ pub enum BodyError {
     Encoded(&'static str),
     #[error("the request body could not be read")]
     Read,
+    /// A credential found in a streamed multipart body that the decision did not see.
+    #[error("a credential in a multipart request body larger than {cap} bytes was not the CI/CD job token the request was decided on; send the job token in the JOB-TOKEN header (and the same one, or none, in the body), or a body of at most {cap} bytes")]
+    LateCredential { cap: usize },
 }
 
 /// How a request body is read, decided from its method and headers.
@@ -165,20 +173,38 @@ fn rack_boundary(content_type: &str) -> Option<String> {
     None
 }
 
-/// Reads the body as `plan` says. Returns the body to forward (the bytes read, byte-identical,
-/// or the untouched stream) and the credentials found in it.
+/// What [`inspect`] found.
+pub enum Inspected {
+    /// The body to forward (the bytes read, byte-identical, or the untouched stream) and the
+    /// credentials found in it.
+    Ready(ForwardBody, Option<BodyCredentials>),
+    /// A multipart body over the cap: the request is decided without it, and it is checked
+    /// while it streams (see [`HeldMultipart`]).
+    Held(HeldMultipart),
+}
+
+/// Reads the body as `plan` says.
 pub async fn inspect(
     mut body: Incoming,
     plan: Plan,
     content_length: Option<u64>,
     cap: usize,
-) -> Result<(ForwardBody, Option<BodyCredentials>), BodyError> {
+) -> Result<Inspected, BodyError> {
     let too_large = BodyError::TooLarge {
         kind: plan.label(),
         cap,
     };
     match plan {
-        Plan::Opaque => return Ok((ForwardBody::stream(body), None)),
+        Plan::Opaque => return Ok(Inspected::Ready(ForwardBody::stream(body), None)),
+        // Package uploads (twine, …) are large multipart forms: streamed, parsed on the way.
+        Plan::Multipart { boundary } if content_length.is_some_and(|n| n > cap as u64) => {
+            return Ok(Inspected::Held(HeldMultipart {
+                read: Bytes::new(),
+                rest: body,
+                boundary,
+                cap,
+            }));
+        }
         // A body that may not be a JSON object is only peeked at (package uploads without a
         // type stream as before); a form is read whatever it holds.
         Plan::Untyped { form: false } => {
@@ -199,14 +225,19 @@ pub async fn inspect(
                 }
             };
             if !matches!(first, Some(b'{' | b'/')) {
-                return Ok((ForwardBody::with_prefix(peeked, body), None));
+                return Ok(Inspected::Ready(
+                    ForwardBody::with_prefix(peeked, body),
+                    None,
+                ));
             }
             if content_length.is_some_and(|n| n > cap as u64) {
                 return Err(too_large);
             }
-            let bytes = read_capped(&mut body, peeked, cap, too_large).await?;
+            let bytes = read_capped(&mut body, peeked, cap)
+                .await?
+                .map_err(|_| too_large)?;
             let fields = json_fields(&bytes)?;
-            return Ok((
+            return Ok(Inspected::Ready(
                 ForwardBody::full(bytes),
                 Some(BodyCredentials::fields(fields)),
             ));
@@ -216,7 +247,21 @@ pub async fn inspect(
     if content_length.is_some_and(|n| n > cap as u64) {
         return Err(too_large);
     }
-    let bytes = read_capped(&mut body, Vec::new(), cap, too_large).await?;
+    let bytes = match read_capped(&mut body, Vec::new(), cap).await? {
+        Ok(bytes) => bytes,
+        // A chunked multipart body that grew past the cap: streamed from here on.
+        Err(read) => {
+            return match plan {
+                Plan::Multipart { boundary } => Ok(Inspected::Held(HeldMultipart {
+                    read,
+                    rest: body,
+                    boundary,
+                    cap,
+                })),
+                _ => Err(too_large),
+            }
+        }
+    };
     let creds = match plan {
         Plan::Form => BodyCredentials::form(bytes.clone()),
         Plan::Multipart { boundary } => {
@@ -236,7 +281,7 @@ pub async fn inspect(
         }
         Plan::Opaque => BodyCredentials::default(),
     };
-    Ok((ForwardBody::full(bytes), Some(creds)))
+    Ok(Inspected::Ready(ForwardBody::full(bytes), Some(creds)))
 }
 
 /// The next data chunk; trailers are skipped (never forwarded, never read).
@@ -253,26 +298,27 @@ async fn next_data(body: &mut Incoming) -> Result<Option<Bytes>, BodyError> {
     Ok(None)
 }
 
+/// The whole body after `start`, or — as soon as it exceeds `cap` — Err with every byte read
+/// so far (the caller streams or refuses the rest).
 async fn read_capped(
     body: &mut Incoming,
     start: Vec<Bytes>,
     cap: usize,
-    too_large: BodyError,
-) -> Result<Bytes, BodyError> {
+) -> Result<Result<Bytes, Bytes>, BodyError> {
     let mut buf = BytesMut::new();
     for chunk in start {
         buf.extend_from_slice(&chunk);
     }
     if buf.len() > cap {
-        return Err(too_large);
+        return Ok(Err(buf.freeze()));
     }
     while let Some(chunk) = next_data(body).await? {
-        if buf.len() + chunk.len() > cap {
-            return Err(too_large);
-        }
         buf.extend_from_slice(&chunk);
+        if buf.len() > cap {
+            return Ok(Err(buf.freeze()));
+        }
     }
-    Ok(buf.freeze())
+    Ok(Ok(buf.freeze()))
 }
 
 /// The first byte that is not JSON whitespace (nor, at the very start, a UTF-8 BOM).
@@ -288,14 +334,28 @@ fn first_significant(chunk: &[u8], at_start: bool) -> Option<u8> {
 }
 
 /// (name, value) of every multipart part whose name is a credential parameter.
-async fn multipart_fields(
-    bytes: Bytes,
+async fn multipart_fields(bytes: Bytes, boundary: String) -> Result<Fields, BodyError> {
+    let found = Arc::new(Mutex::new(Vec::new()));
+    walk_multipart(Once(Some(bytes)), boundary, usize::MAX, found.clone()).await?;
+    let fields = std::mem::take(&mut *locked(&found));
+    Ok(fields)
+}
+
+const BAD_MULTIPART: BodyError = BodyError::Malformed("invalid multipart body");
+
+/// Parse a multipart body from `stream`, pushing each credential part to `found` as soon as
+/// the part is complete. Other parts are drained, never held.
+async fn walk_multipart<S>(
+    stream: S,
     boundary: String,
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>, BodyError> {
-    const BAD: BodyError = BodyError::Malformed("invalid multipart body");
-    let mut parts = multer::Multipart::new(Once(Some(bytes)), boundary);
-    let mut fields = Vec::new();
-    while let Some(mut part) = parts.next_field().await.map_err(|_| BAD)? {
+    value_cap: usize,
+    found: Arc<Mutex<Fields>>,
+) -> Result<(), BodyError>
+where
+    S: futures_core::Stream<Item = Result<Bytes, Infallible>> + Send + 'static,
+{
+    let mut parts = multer::Multipart::new(stream, boundary);
+    while let Some(mut part) = parts.next_field().await.map_err(|_| BAD_MULTIPART)? {
         let mut names: Vec<Vec<u8>> = part_names(part.headers())
             .into_iter()
             .filter(|n| credentials::is_credential_param(n))
@@ -303,15 +363,27 @@ async fn multipart_fields(
         names.sort();
         names.dedup();
         if names.is_empty() {
-            while part.chunk().await.map_err(|_| BAD)?.is_some() {}
+            while part.chunk().await.map_err(|_| BAD_MULTIPART)?.is_some() {}
             continue;
         }
-        let value = part.bytes().await.map_err(|_| BAD)?;
+        let mut value = Vec::new();
+        while let Some(chunk) = part.chunk().await.map_err(|_| BAD_MULTIPART)? {
+            if value.len() + chunk.len() > value_cap {
+                return Err(BodyError::Malformed("a credential part is too large"));
+            }
+            value.extend_from_slice(&chunk);
+        }
+        let mut found = locked(&found);
         for name in names {
-            fields.push((name, value.to_vec()));
+            found.push((name, value.clone()));
         }
     }
-    Ok(fields)
+    Ok(())
+}
+
+/// A poisoned lock only means another holder panicked; the data is still a plain Vec.
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The buffered body as the one-item stream multer reads.
@@ -549,11 +621,214 @@ impl<'de> DeserializeSeed<'de> for NestedSeed {
     }
 }
 
-/// The body forwarded upstream: the bytes the gateway read, or the client's stream (after
-/// any bytes peeked at). Request trailers are dropped in both cases.
+/// A multipart body larger than the cap. The request was decided on its other credentials;
+/// the body now streams upstream through a pump task that parses it on the way:
+/// - every chunk is parsed *before* it is passed on, and a credential part is checked as soon
+///   as it is complete, so nothing the gateway has not checked ever reaches the forge;
+/// - the final bytes (at least the closing delimiter) are held back until the body has ended
+///   and parsed completely;
+/// - a credential equal to the decided job token (or no credential) releases them; any other
+///   job-token candidate, or a malformed body, aborts the upstream body (the forge never sees
+///   a complete request) and the client gets the error instead of the forge's answer.
+pub struct HeldMultipart {
+    read: Bytes,
+    rest: Incoming,
+    boundary: String,
+    cap: usize,
+}
+
+/// The pump's verdict on a held body; sent before the held-back bytes are released.
+pub type Verdict = oneshot::Receiver<Result<(), GatewayError>>;
+
+/// Chunks in flight between the pump and the upstream connection.
+const PUMP_CHANNEL: usize = 4;
+
+/// The upstream body was cut off on purpose.
+#[derive(Debug)]
+pub struct BodyAborted;
+
+impl fmt::Display for BodyAborted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("request body aborted: it carried a credential the gateway refused")
+    }
+}
+
+impl std::error::Error for BodyAborted {}
+
+impl HeldMultipart {
+    /// Start streaming; `decided` is the job token the request was decided on, if any.
+    pub fn start(
+        self,
+        decided: Option<JobToken>,
+        prefixes: Vec<Box<str>>,
+    ) -> (ForwardBody, Verdict) {
+        let (tx, rx) = mpsc::channel(PUMP_CHANNEL);
+        let (verdict_tx, verdict_rx) = oneshot::channel();
+        tokio::spawn(self.pump(decided, prefixes, tx, verdict_tx));
+        let body = ForwardBody {
+            prefix: VecDeque::new(),
+            rest: None,
+            channel: Some(rx),
+        };
+        (body, verdict_rx)
+    }
+
+    async fn pump(
+        self,
+        decided: Option<JobToken>,
+        prefixes: Vec<Box<str>>,
+        tx: mpsc::Sender<Result<Bytes, BodyAborted>>,
+        verdict: oneshot::Sender<Result<(), GatewayError>>,
+    ) {
+        let HeldMultipart {
+            read,
+            mut rest,
+            boundary,
+            cap,
+        } = self;
+        // `\r\n--` + boundary + `--\r\n`: the closing delimiter never leaves early.
+        let hold = boundary.len() + 8;
+        let mut parser = Stepper::new(boundary, cap);
+        let mut pending = BytesMut::new();
+        let mut first = Some(read);
+        let outcome: Result<(), GatewayError> = loop {
+            let next = match first.take() {
+                Some(chunk) => Some(chunk),
+                None => match next_data(&mut rest).await {
+                    Ok(chunk) => chunk,
+                    Err(e) => break Err(e.into()),
+                },
+            };
+            let fields = match parser.step(next.clone()) {
+                Ok(fields) => fields,
+                Err(e) => break Err(e.into()),
+            };
+            if let Err(e) = check_late(&fields, decided.as_ref(), &prefixes, cap) {
+                break Err(e);
+            }
+            let Some(chunk) = next else {
+                break Ok(());
+            };
+            pending.extend_from_slice(&chunk);
+            if pending.len() > hold {
+                let out = pending.split_to(pending.len() - hold).freeze();
+                if tx.send(Ok(out)).await.is_err() {
+                    // The upstream stopped reading (it answered, or the connection broke).
+                    return;
+                }
+            }
+        };
+        match outcome {
+            Ok(()) => {
+                let _ = verdict.send(Ok(()));
+                let _ = tx.send(Ok(pending.freeze())).await;
+            }
+            Err(e) => {
+                let _ = verdict.send(Err(e));
+                let _ = tx.send(Err(BodyAborted)).await;
+            }
+        }
+    }
+}
+
+fn check_late(
+    fields: &Fields,
+    decided: Option<&JobToken>,
+    prefixes: &[Box<str>],
+    cap: usize,
+) -> Result<(), GatewayError> {
+    for (name, value) in fields {
+        match credentials::check_late_field(name, value, decided, prefixes)? {
+            LateField::NotACandidate | LateField::SameAsDecided => {}
+            LateField::Undecided => return Err(BodyError::LateCredential { cap }.into()),
+        }
+    }
+    Ok(())
+}
+
+/// The stream multer reads in the pump: one chunk at a time, handed over by [`Stepper`].
+#[derive(Default)]
+struct SlotState {
+    chunk: Option<Bytes>,
+    eof: bool,
+}
+
+struct Slot(Arc<Mutex<SlotState>>);
+
+impl futures_core::Stream for Slot {
+    type Item = Result<Bytes, Infallible>;
+    fn poll_next(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let mut state = locked(&self.0);
+        match state.chunk.take() {
+            Some(chunk) => Poll::Ready(Some(Ok(chunk))),
+            None if state.eof => Poll::Ready(None),
+            // The stepper polls again after handing over the next chunk: no waker needed.
+            None => Poll::Pending,
+        }
+    }
+}
+
+/// Drives the multipart parser by hand, one chunk per step: after a step returns, the parser
+/// has consumed that chunk as far as it can, and every credential part completed in it has
+/// been reported. (multer drains its stream before parsing, and the only thing it ever waits
+/// for is the next chunk.)
+struct Stepper {
+    slot: Arc<Mutex<SlotState>>,
+    found: Arc<Mutex<Fields>>,
+    parse: Option<Pin<Box<dyn Future<Output = Result<(), BodyError>> + Send>>>,
+}
+
+impl Stepper {
+    fn new(boundary: String, value_cap: usize) -> Self {
+        let slot = Arc::new(Mutex::new(SlotState::default()));
+        let found = Arc::new(Mutex::new(Vec::new()));
+        let parse = Box::pin(walk_multipart(
+            Slot(slot.clone()),
+            boundary,
+            value_cap,
+            found.clone(),
+        ));
+        Stepper {
+            slot,
+            found,
+            parse: Some(parse),
+        }
+    }
+
+    /// Feed one chunk (None: the body ended) and return the credential parts completed by it.
+    fn step(&mut self, chunk: Option<Bytes>) -> Result<Fields, BodyError> {
+        let eof = chunk.is_none();
+        {
+            let mut state = locked(&self.slot);
+            match chunk {
+                Some(chunk) => state.chunk = Some(chunk),
+                None => state.eof = true,
+            }
+        }
+        if let Some(parse) = self.parse.as_mut() {
+            let mut cx = Context::from_waker(Waker::noop());
+            match parse.as_mut().poll(&mut cx) {
+                Poll::Ready(result) => {
+                    // Done at the closing delimiter; an epilogue after it is ignored, as
+                    // Rack ignores it.
+                    self.parse = None;
+                    result?;
+                }
+                Poll::Pending if eof => return Err(BAD_MULTIPART),
+                Poll::Pending => {}
+            }
+        }
+        let fields = std::mem::take(&mut *locked(&self.found));
+        Ok(fields)
+    }
+}
+
+/// The body forwarded upstream: the bytes the gateway read, the client's stream (after any
+/// bytes peeked at), or a held multipart body's pump. Request trailers are dropped.
 pub struct ForwardBody<B = Incoming> {
     prefix: VecDeque<Bytes>,
     rest: Option<B>,
+    channel: Option<mpsc::Receiver<Result<Bytes, BodyAborted>>>,
 }
 
 impl<B> ForwardBody<B> {
@@ -565,6 +840,7 @@ impl<B> ForwardBody<B> {
         ForwardBody {
             prefix: prefix.into(),
             rest: Some(body),
+            channel: None,
         }
     }
 
@@ -572,6 +848,7 @@ impl<B> ForwardBody<B> {
         ForwardBody {
             prefix: VecDeque::from([bytes]),
             rest: None,
+            channel: None,
         }
     }
 
@@ -585,20 +862,33 @@ impl<B> fmt::Debug for ForwardBody<B> {
         f.debug_struct("ForwardBody")
             .field("buffered", &self.prefix_len())
             .field("streaming", &self.rest.is_some())
+            .field("pumped", &self.channel.is_some())
             .finish()
     }
 }
 
-impl<B: Body<Data = Bytes> + Unpin> Body for ForwardBody<B> {
+impl<B> Body for ForwardBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     type Data = Bytes;
-    type Error = B::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         if let Some(chunk) = self.prefix.pop_front() {
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        if let Some(channel) = self.channel.as_mut() {
+            return match channel.poll_recv(cx) {
+                Poll::Ready(Some(Ok(chunk))) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
+                Poll::Ready(Some(Err(aborted))) => Poll::Ready(Some(Err(aborted.into()))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            };
         }
         let Some(rest) = self.rest.as_mut() else {
             return Poll::Ready(None);
@@ -607,20 +897,26 @@ impl<B: Body<Data = Bytes> + Unpin> Body for ForwardBody<B> {
             match Pin::new(&mut *rest).poll_frame(cx) {
                 // Trailers are not passed on: the gateway never saw them before deciding.
                 Poll::Ready(Some(Ok(frame))) if !frame.is_data() => continue,
-                other => return other,
+                Poll::Ready(Some(Ok(frame))) => return Poll::Ready(Some(Ok(frame))),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.prefix.is_empty() && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+        self.prefix.is_empty()
+            && self.channel.is_none()
+            && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
         let buffered = self.prefix_len();
-        let rest = match &self.rest {
-            Some(rest) => rest.size_hint(),
-            None => SizeHint::with_exact(0),
+        let rest = match (&self.rest, &self.channel) {
+            (Some(rest), _) => rest.size_hint(),
+            (None, Some(_)) => SizeHint::new(),
+            (None, None) => SizeHint::with_exact(0),
         };
         let mut hint = SizeHint::new();
         // Upper first: a SizeHint never holds lower > upper.

@@ -164,6 +164,46 @@ pub fn is_credential_param(name: &[u8]) -> bool {
     decoded_param_carrier(name).is_some()
 }
 
+/// What a credential field found late in a streamed body (after the request was decided on
+/// its other credentials) is to the decision already made.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LateField {
+    /// Blank, or a personal/deploy credential: not a job-token candidate.
+    NotACandidate,
+    /// The job token the request was decided on.
+    SameAsDecided,
+    /// A job-token candidate the decision did not see (a job token or a value only the forge
+    /// could classify): too late to decide on.
+    Undecided,
+}
+
+/// Classify `value`, read from the body parameter `name`, against `decided`, the job token the
+/// request was decided on. A different job token is a conflict, as anywhere else.
+pub fn check_late_field(
+    name: &[u8],
+    value: &[u8],
+    decided: Option<&JobToken>,
+    prefixes: &[Box<str>],
+) -> Result<LateField, CredentialError> {
+    let Some(carrier) = decoded_param_carrier(name) else {
+        return Ok(LateField::NotACandidate);
+    };
+    let collector = Collector {
+        prefixes,
+        job: None,
+        unclassified: Vec::new(),
+    };
+    let Some(found) = collector.classify(value, carrier)? else {
+        return Ok(LateField::NotACandidate);
+    };
+    let same = decided.is_some_and(|t| *t == token_from_bytes(value));
+    Ok(match (found, decided) {
+        _ if same => LateField::SameAsDecided,
+        (Found::Job, Some(_)) => return Err(CredentialError::Conflicting),
+        _ => LateField::Undecided,
+    })
+}
+
 fn decoded_param_carrier(name: &[u8]) -> Option<Carrier> {
     let start = name.iter().position(|&b| b != b'[' && b != b']')?;
     let rest = &name[start..];
@@ -1476,6 +1516,46 @@ mod tests {
         // Repeats of one value are one value.
         let q = vec!["token=same"; 100].join("&");
         assert_eq!(run(&[], Some(&q)).unwrap().unclassified.len(), 1);
+    }
+
+    #[test]
+    fn late_body_fields() {
+        let p = prefixes();
+        let decided = JobToken::new(T1);
+        let check = |name: &str, value: &str, d: Option<&JobToken>| {
+            check_late_field(name.as_bytes(), value.as_bytes(), d, &p)
+        };
+        assert_eq!(
+            check("token", T1, Some(&decided)),
+            Ok(LateField::SameAsDecided)
+        );
+        assert_eq!(
+            check("job_token[]", T1, Some(&decided)),
+            Ok(LateField::SameAsDecided)
+        );
+        assert_eq!(
+            check("job_token", T2, Some(&decided)),
+            Err(CredentialError::Conflicting)
+        );
+        assert_eq!(
+            check("private_token", T2, Some(&decided)),
+            Err(CredentialError::Conflicting)
+        );
+        assert_eq!(check("job_token", T1, None), Ok(LateField::Undecided));
+        assert_eq!(
+            check("token", "glptt-x", Some(&decided)),
+            Ok(LateField::Undecided)
+        );
+        assert_eq!(
+            check("private_token", "glpat-x", None),
+            Ok(LateField::NotACandidate)
+        );
+        assert_eq!(check("token", "  ", None), Ok(LateField::NotACandidate));
+        assert_eq!(
+            check("content", T2, Some(&decided)),
+            Ok(LateField::NotACandidate)
+        );
+        assert!(malformed(check("job_token", "a b", None)));
     }
 
     #[test]

@@ -83,7 +83,9 @@ impl GatewayError {
             GatewayError::Credentials(_)
             | GatewayError::Target(_)
             | GatewayError::ConnectionListsHeader(_) => StatusCode::BAD_REQUEST,
-            GatewayError::Body(BodyError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::Body(BodyError::TooLarge { .. } | BodyError::LateCredential { .. }) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             GatewayError::Body(BodyError::Encoded(_)) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             GatewayError::Body(BodyError::Malformed(_) | BodyError::Read) => {
                 StatusCode::BAD_REQUEST
@@ -107,6 +109,7 @@ impl GatewayError {
             GatewayError::Target(_) => "undecodable_target",
             GatewayError::Body(BodyError::TooLarge { .. }) => "body_too_large",
             GatewayError::Body(BodyError::Encoded(_)) => "body_encoded",
+            GatewayError::Body(BodyError::LateCredential { .. }) => "late_body_credential",
             GatewayError::Body(BodyError::Malformed(_)) => "malformed_body",
             GatewayError::Body(BodyError::Read) => "body_read_failed",
             GatewayError::ConnectionListsHeader(_) => "connection_lists_header",
@@ -204,6 +207,10 @@ mod tests {
             (GatewayError::Body(BodyError::Encoded("JSON")), 415),
             (GatewayError::Body(BodyError::Malformed("x")), 400),
             (GatewayError::Body(BodyError::Read), 400),
+            (
+                GatewayError::Body(BodyError::LateCredential { cap: 1 }),
+                413,
+            ),
             (GatewayError::ConnectionListsHeader("host"), 400),
             (GatewayError::InvalidToken, 401),
             (GatewayError::ForgeUnavailable("timeout".into()), 503),

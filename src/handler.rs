@@ -31,6 +31,12 @@ pub type ResponseBody = Either<Incoming, Full<Bytes>>;
 
 const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
+/// A request body on its way to the forward step.
+enum PendingBody {
+    Ready(body::ForwardBody),
+    Held(body::HeldMultipart),
+}
+
 /// A job token's origin, as far as the gateway knows it.
 #[derive(Clone, Debug)]
 pub struct Origin {
@@ -187,47 +193,43 @@ impl Gateway {
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
         let (parts, incoming) = req.into_parts();
-        let (forward_body, body_creds) = body::inspect(
+        let inspected = body::inspect(
             incoming,
             plan,
             content_length,
             self.options.max_inspected_body,
         )
         .await?;
-        let req = Request::from_parts(parts, forward_body);
+        let (pending, body_creds) = match inspected {
+            body::Inspected::Ready(b, creds) => (PendingBody::Ready(b), creds),
+            body::Inspected::Held(held) => (PendingBody::Held(held), None),
+        };
         let snapshot = self.policy.load();
         let creds = credentials::extract_with_body(
-            req.headers(),
-            req.uri().query(),
+            &parts.headers,
+            parts.uri.query(),
             body_creds.as_ref(),
             &self.options.prefixes,
         )?;
         drop(body_creds);
         let token = self.job_token(&snapshot, creds).await?;
-        let path = req.uri().path();
-        let query = req.uri().query();
+        let path = parts.uri.path();
+        let query = parts.uri.query();
 
         let Some((token, origin)) = token else {
             // No job token: personal, OAuth and anonymous traffic pass untouched.
             let pq = upstream_target(path, None, query);
-            return self
-                .forwarder
-                .forward(req, &pq, client, &self.metrics)
-                .await;
+            return self.send(parts, pending, None, &pq, client).await;
         };
-        drop(token);
         outcome.origin = Some(origin.project.clone());
 
-        let target = target::parse(req.method(), path, query)?;
+        let target = target::parse(&parts.method, path, query)?;
         outcome.route = Some(target.kind());
         let (target_identity, rewrite, decision) = match &target {
             Target::ProjectLess => {
                 outcome.reason = "project_less_route";
                 let pq = upstream_target(path, None, query);
-                return self
-                    .forwarder
-                    .forward(req, &pq, client, &self.metrics)
-                    .await;
+                return self.send(parts, pending, Some(token), &pq, client).await;
             }
             Target::Job { job_id } if origin.job_id == Some(*job_id) => {
                 let own = origin.project.clone();
@@ -304,9 +306,39 @@ impl Gateway {
         }
         let pq = upstream_target(path, rewrite, query);
         drop(snapshot);
-        self.forwarder
-            .forward(req, &pq, client, &self.metrics)
-            .await
+        self.send(parts, pending, Some(token), &pq, client).await
+    }
+
+    /// Forward the decided request. A held multipart body starts streaming only now, checked
+    /// against `decided` on the way; when its pump refused it (the upstream body was cut off
+    /// before its end), the client gets that refusal, not the forge's answer.
+    async fn send(
+        &self,
+        parts: http::request::Parts,
+        pending: PendingBody,
+        decided: Option<JobToken>,
+        pq: &str,
+        client: ClientConn,
+    ) -> Result<Response<Incoming>, GatewayError> {
+        let (body, verdict) = match pending {
+            PendingBody::Ready(body) => (body, None),
+            PendingBody::Held(held) => {
+                let (body, verdict) = held.start(decided, self.options.prefixes.clone());
+                (body, Some(verdict))
+            }
+        };
+        let result = self
+            .forwarder
+            .forward(Request::from_parts(parts, body), pq, client, &self.metrics)
+            .await;
+        // The pump sends its verdict before it releases or aborts the held-back bytes, so a
+        // refusal is known by the time the upstream could have answered the whole body. No
+        // verdict yet: the upstream answered before the body was complete (it never saw it
+        // whole), and its answer goes back.
+        if let Some(Ok(Err(refused))) = verdict.map(|mut v| v.try_recv()) {
+            return Err(refused);
+        }
+        result
     }
 
     /// The request's one job token and its origin, or None when it carries no job token.

@@ -1,6 +1,7 @@
 //! Credentials in request bodies (urlencoded, multipart, JSON, POST without a type) are decided
 //! like header tokens, before anything reaches the forge; inspected bodies arrive byte-identical;
-//! bodies too big to inspect are refused; other bodies stream untouched; malformed bodies,
+//! urlencoded and JSON bodies too big to inspect are refused; big multipart bodies stream and are
+//! checked on the way, their end held back; other bodies stream untouched; malformed bodies,
 //! trailers and credential or framing headers named in `Connection` cannot slip a credential
 //! past the gateway.
 
@@ -278,11 +279,6 @@ async fn oversized_inspectable_bodies_are_refused() {
             format!(r#"{{"pad":"{pad}","job_token":"{APP}"}}"#).into_bytes(),
         ),
         (
-            "multipart",
-            Some(multipart_type()),
-            multipart(&[("pad", &pad), ("token", APP)], None),
-        ),
-        (
             "untyped POST",
             None,
             format!("pad={pad}&token={APP}").into_bytes(),
@@ -554,5 +550,180 @@ async fn connection_may_not_name_credential_or_framing_headers() {
         );
         let resp = raw(h.gw.listen, req.as_bytes()).await;
         assert!(resp.starts_with("HTTP/1.1 200"), "{listed}: {resp}");
+    }
+}
+
+/// A package upload: a few MiB of file between text fields, as twine sends it.
+fn upload(before: &[(&str, &str)], after: &[(&str, &str)]) -> Vec<u8> {
+    let file: Vec<u8> = (0..3u32 << 20).map(|i| (i % 253) as u8).collect();
+    let mut body = multipart(before, Some(("content", &file)));
+    // Move the closing delimiter behind the `after` fields.
+    body.truncate(body.len() - (BOUNDARY.len() + 6));
+    for (name, value) in after {
+        body.extend_from_slice(
+            format!(
+                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+            )
+            .as_bytes(),
+        );
+    }
+    body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+    body
+}
+
+const UPLOAD: &str = "/api/v4/projects/12/packages/pypi";
+
+#[tokio::test]
+async fn large_multipart_streams_checked_on_the_way() {
+    let h = Harness::start_with(MATRIX, |s| s.limits.max_inspected_body = 4096).await;
+    let ct = multipart_type();
+    // Header token, and the same token late in the body: streamed through, byte-identical.
+    for (name, body) in [
+        (
+            "no body credential",
+            upload(&[(":action", "file_upload")], &[("sha256_digest", "x")]),
+        ),
+        (
+            "same token late",
+            upload(&[("name", "pkg")], &[("token", BOT)]),
+        ),
+        (
+            "a personal token",
+            upload(&[("private_token", "glpat-x")], &[]),
+        ),
+    ] {
+        h.forge.clear();
+        let r = post_with(&h, UPLOAD, Some(&ct), &[("JOB-TOKEN", BOT)], &body).await;
+        assert_eq!(r.status, 200, "{name}: {}", r.text());
+        let seen = h.forge.requests();
+        assert_eq!(seen.len(), 1, "{name}");
+        assert!(seen[0].body_complete, "{name}");
+        assert_eq!(seen[0].body_sha256, sha(&body), "{name}: byte-identical");
+    }
+    // Out of scope: refused before any of the body moves.
+    h.forge.clear();
+    let body = upload(&[("name", "pkg")], &[]);
+    let r = post_with(
+        &h,
+        "/api/v4/projects/30/packages/pypi",
+        Some(&ct),
+        &[("JOB-TOKEN", BOT)],
+        &body,
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(h.reached().is_empty());
+}
+
+#[tokio::test]
+async fn late_body_credential_cuts_the_upstream_body_off() {
+    let h = Harness::start_with(MATRIX, |s| s.limits.max_inspected_body = 4096).await;
+    let ct = multipart_type();
+    let cases: Vec<(&str, Vec<(&str, &str)>, Vec<u8>, u16, &str)> = vec![
+        (
+            "another job token after the file",
+            vec![("JOB-TOKEN", BOT)],
+            upload(&[("name", "pkg")], &[("job_token", APP)]),
+            400,
+            "more than one",
+        ),
+        (
+            "another job token before the file",
+            vec![("JOB-TOKEN", BOT)],
+            upload(&[("token", APP)], &[]),
+            400,
+            "more than one",
+        ),
+        (
+            "a job token the decision never saw",
+            vec![],
+            upload(&[("name", "pkg")], &[("job_token", OTHER)]),
+            413,
+            "JOB-TOKEN header",
+        ),
+        (
+            "a prefix-less shared credential",
+            vec![("JOB-TOKEN", BOT)],
+            upload(&[("name", "pkg")], &[("access_token", LEGACY_BOT)]),
+            413,
+            "JOB-TOKEN header",
+        ),
+        (
+            "a body that never closes",
+            vec![("JOB-TOKEN", BOT)],
+            {
+                let mut b = upload(&[("name", "pkg")], &[]);
+                b.truncate(b.len() - 40);
+                b
+            },
+            400,
+            "malformed",
+        ),
+    ];
+    for (name, headers, body, status, says) in cases {
+        h.forge.clear();
+        let r = post_with(&h, UPLOAD, Some(&ct), &headers, &body).await;
+        assert_eq!(r.status, status, "{name}: {}", r.text());
+        let msg = r.json()["message"].as_str().unwrap_or("").to_string();
+        assert!(msg.contains(says), "{name}: {msg}");
+        assert!(
+            !msg.contains(APP) && !msg.contains(OTHER),
+            "{name}: token in message"
+        );
+        // The forge may have been sent the start of the body, never all of it.
+        let done = eventually(Duration::from_secs(5), || async {
+            h.forge
+                .requests()
+                .iter()
+                .all(|r| r.body_len > 0 || !r.body_complete)
+        })
+        .await;
+        assert!(done, "{name}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for seen in h.forge.requests() {
+            assert!(!seen.body_complete, "{name}: the forge got a complete body");
+            assert!(
+                seen.body_len < body.len() as u64,
+                "{name}: {} of {} bytes reached the forge",
+                seen.body_len,
+                body.len()
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn chunked_multipart_growing_past_the_cap_streams() {
+    let h = Harness::start_with(MATRIX, |s| s.limits.max_inspected_body = 4096).await;
+    let head = format!(
+        "POST {UPLOAD} HTTP/1.1\r\nHost: gw\r\nJOB-TOKEN: {BOT}\r\nContent-Type: {}\r\n",
+        multipart_type()
+    );
+    let ok = upload(&[("name", "pkg")], &[("token", BOT)]);
+    let chunks: Vec<&[u8]> = ok.chunks(64 * 1024).collect();
+    let resp = chunked(&h, &head, &chunks, "").await;
+    assert!(
+        resp.starts_with("HTTP/1.1 200"),
+        "{}",
+        &resp[..resp.len().min(300)]
+    );
+    let seen = h.forge.requests();
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].body_complete);
+    assert_eq!(seen[0].body_sha256, sha(&ok));
+
+    h.forge.clear();
+    let bad = upload(&[("name", "pkg")], &[("token", APP)]);
+    let chunks: Vec<&[u8]> = bad.chunks(64 * 1024).collect();
+    let resp = chunked(&h, &head, &chunks, "").await;
+    assert!(
+        resp.starts_with("HTTP/1.1 400"),
+        "{}",
+        &resp[..resp.len().min(300)]
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for seen in h.forge.requests() {
+        assert!(!seen.body_complete);
+        assert!(seen.body_len < bad.len() as u64);
     }
 }
