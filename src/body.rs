@@ -39,6 +39,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::credentials::{self, BodyCredentials, JobToken, LateField};
 use crate::error::GatewayError;
 
+/// (parameter name, value) pairs read from a body: credential parameters only.
+type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Deepest JSON nesting accepted in an inspected body. Ruby's `JSON.parse` stops at 100
 /// (`max_nesting`), so nothing the forge accepts is refused; serde_json's own recursion
 /// limit (128) bounds the parser's stack either way.
@@ -475,7 +478,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 /// duplicates all count (Ruby keeps the last). A non-object body has no parameters but must
 /// still be valid JSON (the forge answers 400 otherwise). A credential's value must be a
 /// string, null, or an array of them.
-fn json_fields(bytes: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, BodyError> {
+fn json_fields(bytes: &[u8]) -> Result<Fields, BodyError> {
     const BAD: BodyError =
         BodyError::Malformed("invalid JSON, or a credential that is not a string");
     // Ruby's parser refuses a source that is not UTF-8; serde_json checks only what it keeps.
@@ -522,8 +525,6 @@ fn json_depth_exceeds(bytes: &[u8], max: usize) -> bool {
     }
     false
 }
-
-type Fields = Vec<(Vec<u8>, Vec<u8>)>;
 
 struct TopLevel<'f>(&'f mut Fields);
 
@@ -772,10 +773,12 @@ impl futures_core::Stream for Slot {
 /// has consumed that chunk as far as it can, and every credential part completed in it has
 /// been reported. (multer drains its stream before parsing, and the only thing it ever waits
 /// for is the next chunk.)
+type Parse = Pin<Box<dyn Future<Output = Result<(), BodyError>> + Send>>;
+
 struct Stepper {
     slot: Arc<Mutex<SlotState>>,
     found: Arc<Mutex<Fields>>,
-    parse: Option<Pin<Box<dyn Future<Output = Result<(), BodyError>> + Send>>>,
+    parse: Option<Parse>,
 }
 
 impl Stepper {

@@ -19,6 +19,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ALLOWED: &str = "/api/v4/projects/12/trigger/pipeline";
 const DENIED: &str = "/api/v4/projects/30/trigger/pipeline";
+type Headers = Vec<(&'static str, &'static str)>;
+
 const BOUNDARY: &str = "------------------------d74496d66958873e";
 
 fn sha(b: &[u8]) -> String {
@@ -199,7 +201,7 @@ async fn prefix_less_body_credentials_are_asked_of_the_forge() {
 async fn body_token_conflicting_with_another_token_is_refused() {
     let h = Harness::start(MATRIX).await;
     let form = Some("application/x-www-form-urlencoded");
-    let cases: Vec<(&str, Vec<(&str, &str)>, Option<String>, Vec<u8>)> = vec![
+    let cases: Vec<(&str, Headers, Option<String>, Vec<u8>)> = vec![
         (
             "JOB-TOKEN header + form token",
             vec![("JOB-TOKEN", BOT)],
@@ -619,7 +621,7 @@ async fn large_multipart_streams_checked_on_the_way() {
 async fn late_body_credential_cuts_the_upstream_body_off() {
     let h = Harness::start_with(MATRIX, |s| s.limits.max_inspected_body = 4096).await;
     let ct = multipart_type();
-    let cases: Vec<(&str, Vec<(&str, &str)>, Vec<u8>, u16, &str)> = vec![
+    let cases: Vec<(&str, Headers, Vec<u8>, u16, &str)> = vec![
         (
             "another job token after the file",
             vec![("JOB-TOKEN", BOT)],
