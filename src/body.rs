@@ -59,7 +59,7 @@ pub enum BodyError {
     #[error("the request body could not be read")]
     Read,
     /// A credential found in a streamed multipart body that the decision did not see.
-    #[error("a credential in a multipart request body larger than {cap} bytes was not the CI/CD job token the request was decided on; send the job token in the JOB-TOKEN header (and the same one, or none, in the body), or a body of at most {cap} bytes")]
+    #[error("a credential in a request body larger than {cap} bytes was not the CI/CD job token the request was decided on; send the job token in the JOB-TOKEN header (and the same one, or none, in the body), or a body of at most {cap} bytes")]
     LateCredential { cap: usize },
 }
 
@@ -181,9 +181,9 @@ pub enum Inspected {
     /// The body to forward (the bytes read, byte-identical, or the untouched stream) and the
     /// credentials found in it.
     Ready(ForwardBody, Option<BodyCredentials>),
-    /// A multipart body over the cap: the request is decided without it, and it is checked
-    /// while it streams (see [`HeldMultipart`]).
-    Held(HeldMultipart),
+    /// A multipart or JSON body over the cap: the request is decided without it, and it is
+    /// checked while it streams (see [`HeldBody`]).
+    Held(HeldBody),
 }
 
 /// Reads the body as `plan` says.
@@ -201,10 +201,19 @@ pub async fn inspect(
         Plan::Opaque => return Ok(Inspected::Ready(ForwardBody::stream(body), None)),
         // Package uploads (twine, …) are large multipart forms: streamed, parsed on the way.
         Plan::Multipart { boundary } if content_length.is_some_and(|n| n > cap as u64) => {
-            return Ok(Inspected::Held(HeldMultipart {
+            return Ok(Inspected::Held(HeldBody {
                 read: Bytes::new(),
                 rest: body,
-                boundary,
+                kind: HeldKind::Multipart { boundary },
+                cap,
+            }));
+        }
+        // npm publish and other large JSON documents: streamed, scanned on the way.
+        Plan::Json if content_length.is_some_and(|n| n > cap as u64) => {
+            return Ok(Inspected::Held(HeldBody {
+                read: Bytes::new(),
+                rest: body,
+                kind: HeldKind::Json,
                 cap,
             }));
         }
@@ -233,12 +242,22 @@ pub async fn inspect(
                     None,
                 ));
             }
-            if content_length.is_some_and(|n| n > cap as u64) {
-                return Err(too_large);
-            }
-            let bytes = read_capped(&mut body, peeked, cap)
-                .await?
-                .map_err(|_| too_large)?;
+            let read = if content_length.is_some_and(|n| n > cap as u64) {
+                Err(peeked.concat().into())
+            } else {
+                read_capped(&mut body, peeked, cap).await?
+            };
+            let bytes = match read {
+                Ok(bytes) => bytes,
+                Err(read) => {
+                    return Ok(Inspected::Held(HeldBody {
+                        read,
+                        rest: body,
+                        kind: HeldKind::Json,
+                        cap,
+                    }))
+                }
+            };
             let fields = json_fields(&bytes)?;
             return Ok(Inspected::Ready(
                 ForwardBody::full(bytes),
@@ -252,17 +271,19 @@ pub async fn inspect(
     }
     let bytes = match read_capped(&mut body, Vec::new(), cap).await? {
         Ok(bytes) => bytes,
-        // A chunked multipart body that grew past the cap: streamed from here on.
+        // A chunked multipart or JSON body that grew past the cap: streamed from here on.
         Err(read) => {
-            return match plan {
-                Plan::Multipart { boundary } => Ok(Inspected::Held(HeldMultipart {
-                    read,
-                    rest: body,
-                    boundary,
-                    cap,
-                })),
-                _ => Err(too_large),
-            }
+            let kind = match plan {
+                Plan::Multipart { boundary } => HeldKind::Multipart { boundary },
+                Plan::Json => HeldKind::Json,
+                _ => return Err(too_large),
+            };
+            return Ok(Inspected::Held(HeldBody {
+                read,
+                rest: body,
+                kind,
+                cap,
+            }));
         }
     };
     let creds = match plan {
@@ -622,20 +643,47 @@ impl<'de> DeserializeSeed<'de> for NestedSeed {
     }
 }
 
-/// A multipart body larger than the cap. The request was decided on its other credentials;
-/// the body now streams upstream through a pump task that parses it on the way:
-/// - every chunk is parsed *before* it is passed on, and a credential part is checked as soon
-///   as it is complete, so nothing the gateway has not checked ever reaches the forge;
-/// - the final bytes (at least the closing delimiter) are held back until the body has ended
-///   and parsed completely;
+/// A multipart or JSON body larger than the cap. The request was decided on its other
+/// credentials; the body now streams upstream through a pump task that parses it on the way:
+/// - every chunk is parsed *before* it is passed on, and a credential part (or top-level JSON
+///   member) is checked as soon as it is complete, so nothing the gateway has not checked ever
+///   reaches the forge;
+/// - the final bytes (at least the closing delimiter, or the closing `}`) are held back until
+///   the body has ended and parsed completely;
 /// - a credential equal to the decided job token (or no credential) releases them; any other
 ///   job-token candidate, or a malformed body, aborts the upstream body (the forge never sees
 ///   a complete request) and the client gets the error instead of the forge's answer.
-pub struct HeldMultipart {
+pub struct HeldBody {
     read: Bytes,
     rest: Incoming,
-    boundary: String,
+    kind: HeldKind,
     cap: usize,
+}
+
+enum HeldKind {
+    Multipart { boundary: String },
+    Json,
+}
+
+/// Bytes of a streamed JSON body held back to its end (the closing `}` and what follows).
+const JSON_HOLD: usize = 64;
+
+/// The incremental parser of a held body.
+enum HeldParser {
+    Multipart(Stepper),
+    Json(JsonScanner),
+}
+
+impl HeldParser {
+    fn step(&mut self, chunk: Option<Bytes>) -> Result<Fields, BodyError> {
+        match self {
+            HeldParser::Multipart(stepper) => stepper.step(chunk),
+            HeldParser::Json(scanner) => match chunk {
+                Some(chunk) => scanner.feed(&chunk),
+                None => scanner.finish(),
+            },
+        }
+    }
 }
 
 /// The pump's verdict on a held body; sent before the held-back bytes are released.
@@ -656,7 +704,7 @@ impl fmt::Display for BodyAborted {
 
 impl std::error::Error for BodyAborted {}
 
-impl HeldMultipart {
+impl HeldBody {
     /// Start streaming; `decided` is the job token the request was decided on, if any.
     pub fn start(
         self,
@@ -681,15 +729,20 @@ impl HeldMultipart {
         tx: mpsc::Sender<Result<Bytes, BodyAborted>>,
         verdict: oneshot::Sender<Result<(), GatewayError>>,
     ) {
-        let HeldMultipart {
+        let HeldBody {
             read,
             mut rest,
-            boundary,
+            kind,
             cap,
         } = self;
-        // `\r\n--` + boundary + `--\r\n`: the closing delimiter never leaves early.
-        let hold = boundary.len() + 8;
-        let mut parser = Stepper::new(boundary, cap);
+        let (hold, mut parser) = match kind {
+            // `\r\n--` + boundary + `--\r\n`: the closing delimiter never leaves early.
+            HeldKind::Multipart { boundary } => (
+                boundary.len() + 8,
+                HeldParser::Multipart(Stepper::new(boundary, cap)),
+            ),
+            HeldKind::Json => (JSON_HOLD, HeldParser::Json(JsonScanner::new(cap))),
+        };
         let mut pending = BytesMut::new();
         let mut first = Some(read);
         let outcome: Result<(), GatewayError> = loop {
@@ -823,6 +876,219 @@ impl Stepper {
         }
         let fields = std::mem::take(&mut *locked(&self.found));
         Ok(fields)
+    }
+}
+
+/// Where a [`JsonScanner`] is in the document.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum JsonState {
+    /// Before the top-level value.
+    Start,
+    /// The top-level value is not an object: it carries no parameters (Grape merges only a
+    /// Hash), and the forge rejects it if it is not valid JSON.
+    NotObject,
+    /// In the top-level object, before a key (`first`: or its closing `}`).
+    Key { first: bool },
+    /// Inside a top-level key string.
+    KeyString { escaped: bool },
+    /// After a key, before `:`.
+    Colon,
+    /// Before a member's value.
+    Value,
+    /// Inside a member's value, `depth` brackets deep (0: a scalar at the top level).
+    InValue {
+        depth: usize,
+        in_string: bool,
+        escaped: bool,
+    },
+    /// After a member's value, before `,` or `}`.
+    AfterValue,
+    /// After the top-level object: only whitespace may follow.
+    End,
+}
+
+/// An incremental scanner for the top-level members of a JSON object: it follows strings,
+/// escapes and nesting exactly (so on valid JSON it finds exactly the top-level keys a JSON
+/// parser finds), captures the keys and the values of credential members (bounded by the
+/// cap), and hands each completed credential member to [`json_fields`] to be read like a
+/// small body. What Ruby's parser might accept and a strict one would not (comments) is
+/// refused.
+struct JsonScanner {
+    state: JsonState,
+    cap: usize,
+    key: Vec<u8>,
+    /// The current member's raw value, when its key is a credential parameter.
+    value: Option<Vec<u8>>,
+    at_start: bool,
+}
+
+impl JsonScanner {
+    fn new(cap: usize) -> Self {
+        JsonScanner {
+            state: JsonState::Start,
+            cap,
+            key: Vec::new(),
+            value: None,
+            at_start: true,
+        }
+    }
+
+    fn feed(&mut self, chunk: &[u8]) -> Result<Fields, BodyError> {
+        const BAD: BodyError = BodyError::Malformed("invalid JSON");
+        let mut fields = Vec::new();
+        let chunk = match self.at_start {
+            true => chunk.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(chunk),
+            false => chunk,
+        };
+        if !chunk.is_empty() {
+            self.at_start = false;
+        }
+        for &b in chunk {
+            let ws = matches!(b, b' ' | b'\t' | b'\r' | b'\n');
+            self.state = match self.state {
+                JsonState::NotObject => JsonState::NotObject,
+                _ if b == b'/' && !self.in_string() => return Err(BAD),
+                JsonState::Start if ws => JsonState::Start,
+                JsonState::Start if b == b'{' => JsonState::Key { first: true },
+                JsonState::Start => JsonState::NotObject,
+                JsonState::Key { .. }
+                | JsonState::Colon
+                | JsonState::Value
+                | JsonState::AfterValue
+                | JsonState::End
+                    if ws =>
+                {
+                    self.state
+                }
+                JsonState::Key { first } => match b {
+                    b'"' => {
+                        self.key.clear();
+                        self.key.push(b);
+                        JsonState::KeyString { escaped: false }
+                    }
+                    b'}' if first => JsonState::End,
+                    _ => return Err(BAD),
+                },
+                JsonState::KeyString { escaped } => {
+                    if self.key.len() >= self.cap {
+                        return Err(BAD);
+                    }
+                    self.key.push(b);
+                    match b {
+                        _ if escaped => JsonState::KeyString { escaped: false },
+                        b'\\' => JsonState::KeyString { escaped: true },
+                        b'"' => JsonState::Colon,
+                        _ => JsonState::KeyString { escaped: false },
+                    }
+                }
+                JsonState::Colon if b == b':' => {
+                    let key: String = serde_json::from_slice(&self.key).map_err(|_| BAD)?;
+                    self.value = credentials::is_credential_param(key.as_bytes()).then(Vec::new);
+                    JsonState::Value
+                }
+                JsonState::Colon => return Err(BAD),
+                JsonState::Value => {
+                    self.capture(b)?;
+                    let (depth, in_string) = match b {
+                        b'{' | b'[' => (1, false),
+                        b'"' => (0, true),
+                        b',' | b'}' | b']' | b':' => return Err(BAD),
+                        _ => (0, false),
+                    };
+                    JsonState::InValue {
+                        depth,
+                        in_string,
+                        escaped: false,
+                    }
+                }
+                JsonState::InValue {
+                    depth,
+                    in_string: true,
+                    escaped,
+                } => {
+                    self.capture(b)?;
+                    let (in_string, escaped) = match b {
+                        _ if escaped => (true, false),
+                        b'\\' => (true, true),
+                        b'"' => (false, false),
+                        _ => (true, false),
+                    };
+                    JsonState::InValue {
+                        depth,
+                        in_string,
+                        escaped,
+                    }
+                }
+                JsonState::InValue { depth: 0, .. } if ws || b == b',' || b == b'}' => {
+                    // The member's value ended: read a credential member like a small body.
+                    if let Some(value) = self.value.take() {
+                        let mut doc = b"{".to_vec();
+                        doc.extend_from_slice(&self.key);
+                        doc.push(b':');
+                        doc.extend_from_slice(&value);
+                        doc.push(b'}');
+                        fields.extend(json_fields(&doc)?);
+                    }
+                    match b {
+                        b',' => JsonState::Key { first: false },
+                        b'}' => JsonState::End,
+                        _ => JsonState::AfterValue,
+                    }
+                }
+                JsonState::InValue { depth, .. } => {
+                    self.capture(b)?;
+                    let depth = match b {
+                        b'{' | b'[' if depth >= MAX_JSON_DEPTH => {
+                            return Err(BodyError::Malformed("JSON nested too deeply"))
+                        }
+                        b'{' | b'[' => depth + 1,
+                        b'}' | b']' if depth == 0 => return Err(BAD),
+                        b'}' | b']' => depth - 1,
+                        _ => depth,
+                    };
+                    JsonState::InValue {
+                        depth,
+                        in_string: b == b'"',
+                        escaped: false,
+                    }
+                }
+                JsonState::AfterValue => match b {
+                    b',' => JsonState::Key { first: false },
+                    b'}' => JsonState::End,
+                    _ => return Err(BAD),
+                },
+                JsonState::End => return Err(BAD),
+            };
+        }
+        Ok(fields)
+    }
+
+    fn in_string(&self) -> bool {
+        matches!(
+            self.state,
+            JsonState::KeyString { .. }
+                | JsonState::InValue {
+                    in_string: true,
+                    ..
+                }
+        )
+    }
+
+    fn capture(&mut self, b: u8) -> Result<(), BodyError> {
+        if let Some(value) = self.value.as_mut() {
+            if value.len() >= self.cap {
+                return Err(BodyError::Malformed("a credential value is too large"));
+            }
+            value.push(b);
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<Fields, BodyError> {
+        match self.state {
+            JsonState::End | JsonState::NotObject => Ok(Vec::new()),
+            _ => Err(BodyError::Malformed("invalid JSON: the body ended early")),
+        }
     }
 }
 

@@ -34,7 +34,7 @@ const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-
 /// A request body on its way to the forward step.
 enum PendingBody {
     Ready(body::ForwardBody),
-    Held(body::HeldMultipart),
+    Held(body::HeldBody),
 }
 
 /// A job token's origin, as far as the gateway knows it.
@@ -185,14 +185,30 @@ impl Gateway {
         if target_len > self.options.max_url_bytes {
             return Err(GatewayError::UriTooLong(self.options.max_url_bytes));
         }
-        // Bodies the forge takes parameters from are read (up to the cap) and searched before
-        // anything is decided; the bytes read are what is forwarded.
         let plan = body::plan(req.method(), req.headers())?;
         let content_length = req
             .headers()
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
         let (parts, incoming) = req.into_parts();
+        let snapshot = self.policy.load();
+        if plan != body::Plan::Opaque {
+            // A request its head already refuses is refused before its body is read (no
+            // `100 Continue`, no upload). Body credentials could only add a conflict.
+            let head =
+                credentials::extract(&parts.headers, parts.uri.query(), &self.options.prefixes)?;
+            if let Some((_, origin)) = self.job_token(&snapshot, head).await? {
+                let mut early = Outcome::default();
+                if let Err(refused) =
+                    self.decide_parts(&snapshot, &parts, &origin, &mut early, false)
+                {
+                    *outcome = early;
+                    return Err(refused);
+                }
+            }
+        }
+        // Bodies the forge takes parameters from are read (up to the cap) and searched before
+        // the decision; the bytes read are what is forwarded.
         let inspected = body::inspect(
             incoming,
             plan,
@@ -204,7 +220,6 @@ impl Gateway {
             body::Inspected::Ready(b, creds) => (PendingBody::Ready(b), creds),
             body::Inspected::Held(held) => (PendingBody::Held(held), None),
         };
-        let snapshot = self.policy.load();
         let creds = credentials::extract_with_body(
             &parts.headers,
             parts.uri.query(),
@@ -213,23 +228,36 @@ impl Gateway {
         )?;
         drop(body_creds);
         let token = self.job_token(&snapshot, creds).await?;
-        let path = parts.uri.path();
-        let query = parts.uri.query();
 
         let Some((token, origin)) = token else {
             // No job token: personal, OAuth and anonymous traffic pass untouched.
-            let pq = upstream_target(path, None, query);
+            let pq = upstream_target(parts.uri.path(), None, parts.uri.query());
             return self.send(parts, pending, None, &pq, client).await;
         };
-        outcome.origin = Some(origin.project.clone());
+        let rewrite = self.decide_parts(&snapshot, &parts, &origin, outcome, true)?;
+        let pq = upstream_target(parts.uri.path(), rewrite, parts.uri.query());
+        drop(snapshot);
+        self.send(parts, pending, Some(token), &pq, client).await
+    }
 
-        let target = target::parse(&parts.method, path, query)?;
+    /// Decide the request `parts` for a job token of `origin`: Ok with the path rewrite to
+    /// forward with, Err for every refusal. `record_all`: log and record every decision (else
+    /// only hard denials: the early pass before a body is read).
+    fn decide_parts(
+        &self,
+        snapshot: &Snapshot,
+        parts: &http::request::Parts,
+        origin: &Origin,
+        outcome: &mut Outcome,
+        record_all: bool,
+    ) -> Result<Option<(std::ops::Range<usize>, u64)>, GatewayError> {
+        outcome.origin = Some(origin.project.clone());
+        let target = target::parse(&parts.method, parts.uri.path(), parts.uri.query())?;
         outcome.route = Some(target.kind());
         let (target_identity, rewrite, decision) = match &target {
             Target::ProjectLess => {
                 outcome.reason = "project_less_route";
-                let pq = upstream_target(path, None, query);
-                return self.send(parts, pending, Some(token), &pq, client).await;
+                return Ok(None);
             }
             Target::Job { job_id } if origin.job_id == Some(*job_id) => {
                 let own = origin.project.clone();
@@ -244,7 +272,7 @@ impl Gateway {
             | Target::Job { .. } => {
                 outcome.decision = "deny";
                 return Err(GatewayError::Unattributed {
-                    origin: origin.project,
+                    origin: origin.project.clone(),
                 });
             }
             Target::Registry { service, scopes } => match decide_registry(
@@ -258,7 +286,7 @@ impl Gateway {
                 RegistryDecision::Refused(refusal) => {
                     outcome.decision = "deny";
                     return Err(GatewayError::RegistryRefused {
-                        origin: origin.project,
+                        origin: origin.project.clone(),
                         refusal,
                     });
                 }
@@ -284,29 +312,30 @@ impl Gateway {
         outcome.target = Some(target_identity.clone());
         outcome.decision = decision.label();
         outcome.reason = decision.reason();
-        self.authlog
-            .record(&origin.project, &target_identity, decision.label());
-        match decision {
-            Decision::Deny(limit) => {
-                return Err(GatewayError::OutOfScope {
-                    origin: origin.project,
-                    target: target_identity,
-                    limit,
-                });
-            }
-            Decision::WouldDeny(limit) => {
-                tracing::warn!(
-                    origin = %origin.project,
-                    target = %target_identity,
-                    limit = ?limit,
-                    "report-only: this request would be denied"
-                );
-            }
-            Decision::Allow(_) => {}
+        let hard_deny = matches!(decision, Decision::Deny(_));
+        if record_all || hard_deny {
+            self.authlog
+                .record(&origin.project, &target_identity, decision.label());
         }
-        let pq = upstream_target(path, rewrite, query);
-        drop(snapshot);
-        self.send(parts, pending, Some(token), &pq, client).await
+        match decision {
+            Decision::Deny(limit) => Err(GatewayError::OutOfScope {
+                origin: origin.project.clone(),
+                target: target_identity,
+                limit,
+            }),
+            Decision::WouldDeny(limit) => {
+                if record_all {
+                    tracing::warn!(
+                        origin = %origin.project,
+                        target = %target_identity,
+                        limit = ?limit,
+                        "report-only: this request would be denied"
+                    );
+                }
+                Ok(rewrite)
+            }
+            Decision::Allow(_) => Ok(rewrite),
+        }
     }
 
     /// Forward the decided request. A held multipart body starts streaming only now, checked

@@ -276,11 +276,6 @@ async fn oversized_inspectable_bodies_are_refused() {
             format!("pad={pad}&token={APP}").into_bytes(),
         ),
         (
-            "JSON",
-            Some("application/json".into()),
-            format!(r#"{{"pad":"{pad}","job_token":"{APP}"}}"#).into_bytes(),
-        ),
-        (
             "untyped POST",
             None,
             format!("pad={pad}&token={APP}").into_bytes(),
@@ -513,7 +508,7 @@ async fn expect_100_continue_is_answered_before_the_body_is_read() {
     // Over the cap by Content-Length: refused without asking for the body.
     let mut s = tokio::net::TcpStream::connect(h.gw.listen).await.unwrap();
     let head = format!(
-        "POST {ALLOWED} HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+        "POST {ALLOWED} HTTP/1.1\r\nHost: gw\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
         64 << 20
     );
     s.write_all(head.as_bytes()).await.unwrap();
@@ -575,6 +570,15 @@ fn upload(before: &[(&str, &str)], after: &[(&str, &str)]) -> Vec<u8> {
 
 const UPLOAD: &str = "/api/v4/projects/12/packages/pypi";
 
+/// An npm-publish-like JSON document of a few MiB; `tail` is spliced in before the final `}`.
+fn big_json(tail: &str) -> Vec<u8> {
+    let data = "QUJD".repeat(800 * 1024);
+    format!(
+        r#"{{"name":"pkg","versions":{{"1.0.0":{{"name":"pkg","dist":{{"tarball":"x","a":[1,2,{{"b":"}}]\"{{"}}]}}}}}},"_attachments":{{"pkg-1.0.0.tgz":{{"data":"{data}"}}}}{tail}}}"#
+    )
+    .into_bytes()
+}
+
 #[tokio::test]
 async fn large_multipart_streams_checked_on_the_way() {
     let h = Harness::start_with(MATRIX, |s| s.limits.max_inspected_body = 4096).await;
@@ -602,6 +606,38 @@ async fn large_multipart_streams_checked_on_the_way() {
         assert!(seen[0].body_complete, "{name}");
         assert_eq!(seen[0].body_sha256, sha(&body), "{name}: byte-identical");
     }
+    // Large JSON documents (npm publish): streamed and scanned the same way.
+    for (name, ct, body) in [
+        (
+            "JSON, no body credential",
+            Some("application/json"),
+            big_json(""),
+        ),
+        (
+            "JSON, the same token late",
+            Some("application/json; charset=utf-8"),
+            big_json(&format!(r#","job_token":"{BOT}","token":null"#)),
+        ),
+        (
+            "untyped PUT JSON object",
+            None,
+            big_json(r#","private_token":"glpat-x""#),
+        ),
+    ] {
+        h.forge.clear();
+        let mut headers = vec![("JOB-TOKEN", BOT)];
+        if let Some(ct) = ct {
+            headers.push(("Content-Type", ct));
+        }
+        let r = h
+            .send("PUT", &h.url(UPLOAD), &headers, Bytes::from(body.clone()))
+            .await;
+        assert_eq!(r.status, 200, "{name}: {}", r.text());
+        let seen = h.forge.requests();
+        assert_eq!(seen.len(), 1, "{name}");
+        assert!(seen[0].body_complete, "{name}");
+        assert_eq!(seen[0].body_sha256, sha(&body), "{name}: byte-identical");
+    }
     // Out of scope: refused before any of the body moves.
     h.forge.clear();
     let body = upload(&[("name", "pkg")], &[]);
@@ -621,6 +657,7 @@ async fn large_multipart_streams_checked_on_the_way() {
 async fn late_body_credential_cuts_the_upstream_body_off() {
     let h = Harness::start_with(MATRIX, |s| s.limits.max_inspected_body = 4096).await;
     let ct = multipart_type();
+    let json = "application/json".to_string();
     let cases: Vec<(&str, Headers, Vec<u8>, u16, &str)> = vec![
         (
             "another job token after the file",
@@ -662,7 +699,45 @@ async fn late_body_credential_cuts_the_upstream_body_off() {
             "malformed",
         ),
     ];
-    for (name, headers, body, status, says) in cases {
+    let json_cases: Vec<(&str, Headers, Vec<u8>, u16, &str)> = vec![
+        (
+            "JSON: another job token after the data",
+            vec![("JOB-TOKEN", BOT)],
+            big_json(&format!(r#","job_token":"{APP}""#)),
+            400,
+            "more than one",
+        ),
+        (
+            "JSON: a job token the decision never saw",
+            vec![],
+            big_json(&format!(r#","token":["{OTHER}"]"#)),
+            413,
+            "JOB-TOKEN header",
+        ),
+        (
+            "JSON: a comment",
+            vec![("JOB-TOKEN", BOT)],
+            big_json(r#"/* "job_token": "x" */"#),
+            400,
+            "malformed",
+        ),
+        (
+            "JSON: never closed",
+            vec![("JOB-TOKEN", BOT)],
+            {
+                let mut b = big_json("");
+                b.pop();
+                b
+            },
+            400,
+            "malformed",
+        ),
+    ];
+    let all = cases
+        .into_iter()
+        .map(|c| (ct.clone(), c))
+        .chain(json_cases.into_iter().map(|c| (json.clone(), c)));
+    for (ct, (name, headers, body, status, says)) in all {
         h.forge.clear();
         let r = post_with(&h, UPLOAD, Some(&ct), &headers, &body).await;
         assert_eq!(r.status, status, "{name}: {}", r.text());
