@@ -14,10 +14,12 @@
 //! So the gateway reads bodies of those types fully (at most `max_inspected_body` bytes),
 //! decodes their real structure (Rack's urlencoded grammar in `credentials`, multipart parts by
 //! the names Rack gives them, JSON top-level keys), hands the credential-named values to
-//! `credentials::extract_with_body`, and forwards the very bytes it read. Bigger bodies of
-//! those types are refused with 413 rather than forwarded unchecked. Everything else (git
-//! packs, `application/octet-stream`, …) streams untouched. Request trailers are never
-//! forwarded: nothing the gateway did not inspect reaches the forge.
+//! `credentials::extract_with_body`, and forwards the very bytes it read. Bigger multipart and
+//! JSON bodies stream through a pump that checks them on the way and holds their end back
+//! ([`HeldBody`]); bigger urlencoded and untyped-POST bodies are refused with 413 rather than
+//! forwarded unchecked. Everything else (git packs, `application/octet-stream`, …) streams
+//! untouched. Request trailers are never forwarded: nothing the gateway did not inspect
+//! reaches the forge.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -1434,6 +1436,56 @@ mod tests {
         fn poll_next(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Self::Item>> {
             Poll::Ready(self.0.pop_front())
         }
+    }
+
+    /// The streaming scanner fed in pieces finds what the buffered parser finds, wherever the
+    /// body is split, and refuses what it refuses (it may refuse more, never less).
+    #[test]
+    fn json_scanner_agrees_with_the_buffered_parser() {
+        let docs: &[&[u8]] = &[
+            br#"{"job_token":"a"}"#,
+            br#" { "ref" : "main" , "token" : [ "b" , null ] , "x" : { "job_token" : "no" } } "#,
+            br#"{"a":"}\"{","job\u005ftoken":"c","n":[1,[2,{"token":"d"}]],"t":true}"#,
+            br#"{"private_token":null,"bearer_token":"e","e":-1.5e3}"#,
+            br#"{}"#,
+            br#"[{"job_token":"x"}]"#,
+            br#""job_token""#,
+            br#"{"job_token":5}"#,
+            br#"{"job_token":{"a":"b"}}"#,
+            br#"{"a":1,}"#,
+            br#"{"a" 1}"#,
+            br#"{"a":1}x"#,
+            br#"{"a":1 /* c */}"#,
+            br#"{'job_token':'x'}"#,
+            br#"{"a":1"#,
+        ];
+        for doc in docs {
+            let whole = json_fields(doc);
+            for split in 0..=doc.len() {
+                let mut scanner = JsonScanner::new(1 << 20);
+                let got = scanner.feed(&doc[..split]).and_then(|mut a| {
+                    a.extend(scanner.feed(&doc[split..])?);
+                    a.extend(scanner.finish()?);
+                    Ok(a)
+                });
+                let text = String::from_utf8_lossy(doc);
+                match (&whole, &got) {
+                    (Ok(w), Ok(g)) => assert_eq!(names(w), names(g), "{text} split {split}"),
+                    (Err(_), Err(_)) => {}
+                    // Non-object documents are not validated by the scanner (the forge refuses
+                    // invalid ones; none carries parameters).
+                    (Err(_), Ok(g)) if !doc.trim_ascii_start().starts_with(b"{") => {
+                        assert!(g.is_empty())
+                    }
+                    _ => panic!("{text} split {split}: buffered {whole:?}, scanner {got:?}"),
+                }
+            }
+        }
+        // Depth and size are bounded.
+        let deep = format!("{{\"a\":{}", "[".repeat(200));
+        assert!(JsonScanner::new(1 << 20).feed(deep.as_bytes()).is_err());
+        let long = format!("{{\"token\":\"{}\"}}", "x".repeat(100));
+        assert!(JsonScanner::new(50).feed(long.as_bytes()).is_err());
     }
 
     #[test]

@@ -116,8 +116,9 @@ pub struct LimitSettings {
     /// Largest request body of a type the forge takes parameters from (urlencoded, multipart,
     /// JSON, POST without Content-Type) that the gateway reads and inspects for credentials
     /// before deciding. Such a body is held in memory while it is inspected; a larger one is
-    /// refused with 413, never forwarded unchecked, except multipart bodies, which stream and
-    /// are checked on the way (their end held back). Other bodies stream whatever their size.
+    /// refused with 413, never forwarded unchecked, except multipart and JSON bodies, which
+    /// stream and are checked on the way (their end held back). Other bodies stream whatever
+    /// their size.
     pub max_inspected_body: usize,
     /// Concurrent HTTP/2 streams per connection.
     pub h2_max_concurrent_streams: u32,
