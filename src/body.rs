@@ -361,6 +361,10 @@ fn first_significant(chunk: &[u8], at_start: bool) -> Option<u8> {
 
 /// (name, value) of every multipart part whose name is a credential parameter.
 async fn multipart_fields(bytes: Bytes, boundary: String) -> Result<Fields, BodyError> {
+    // Rack: an empty multipart body has no parameters (and is no error).
+    if bytes.is_empty() {
+        return Ok(Vec::new());
+    }
     let found = Arc::new(Mutex::new(Vec::new()));
     walk_multipart(Once(Some(bytes)), boundary, usize::MAX, found.clone()).await?;
     let fields = std::mem::take(&mut *locked(&found));
@@ -504,6 +508,10 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 fn json_fields(bytes: &[u8]) -> Result<Fields, BodyError> {
     const BAD: BodyError =
         BodyError::Malformed("invalid JSON, or a credential that is not a string");
+    // Grape skips an empty body (`return if body.empty?`); whitespace alone is invalid JSON.
+    if bytes.is_empty() {
+        return Ok(Vec::new());
+    }
     // Ruby's parser refuses a source that is not UTF-8; serde_json checks only what it keeps.
     if std::str::from_utf8(bytes).is_err() {
         return Err(BAD);
@@ -1089,6 +1097,7 @@ impl JsonScanner {
     fn finish(&mut self) -> Result<Fields, BodyError> {
         match self.state {
             JsonState::End | JsonState::NotObject => Ok(Vec::new()),
+            JsonState::Start if self.at_start => Ok(Vec::new()),
             _ => Err(BodyError::Malformed("invalid JSON: the body ended early")),
         }
     }
@@ -1313,7 +1322,7 @@ mod tests {
             .unwrap()
             .is_empty());
         // Non-object bodies have no parameters.
-        for ok in [&b"[1,2]"[..], b"\"x\"", b"3", b"null", b" {} "] {
+        for ok in [&b"[1,2]"[..], b"\"x\"", b"3", b"null", b" {} ", b""] {
             assert!(json_fields(ok).unwrap().is_empty());
         }
         for bad in [
@@ -1325,7 +1334,7 @@ mod tests {
             br#"{"a":1"#,
             br#"{"a":1}x"#,
             b"/* c */ {\"job_token\":\"x\"}",
-            b"",
+            b" ",
             b"{\"a\":\"\xff\"}",
         ] {
             assert!(

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
+use http_body::Body as _;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
@@ -185,7 +186,11 @@ impl Gateway {
         if target_len > self.options.max_url_bytes {
             return Err(GatewayError::UriTooLong(self.options.max_url_bytes));
         }
-        let plan = body::plan(req.method(), req.headers())?;
+        // A request without a body (most GETs) has nothing to inspect.
+        let plan = match req.body().is_end_stream() {
+            true => body::Plan::Opaque,
+            false => body::plan(req.method(), req.headers())?,
+        };
         let content_length = req
             .headers()
             .get(http::header::CONTENT_LENGTH)

@@ -804,3 +804,34 @@ async fn chunked_multipart_growing_past_the_cap_streams() {
         assert!(seen.body_len < bad.len() as u64);
     }
 }
+
+#[tokio::test]
+async fn empty_bodies_of_inspectable_types_pass() {
+    let h = Harness::start(MATRIX).await;
+    // Clients that send a Content-Type on every request, body or not (Grape skips empty bodies).
+    for (method, ct) in [
+        ("GET", "application/json"),
+        ("DELETE", "application/json"),
+        ("POST", "multipart/form-data; boundary=x"),
+        ("PUT", "application/x-www-form-urlencoded"),
+        ("POST", "application/json"),
+    ] {
+        h.forge.clear();
+        let r = h
+            .send(
+                method,
+                &h.url("/api/v4/projects/12/merge_requests"),
+                &[("JOB-TOKEN", BOT), ("Content-Type", ct)],
+                Bytes::new(),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{method} {ct}: {}", r.text());
+        assert_eq!(h.reached().len(), 1, "{method} {ct}");
+    }
+    // Chunked with no data at all: the same.
+    let head = format!(
+        "POST {ALLOWED} HTTP/1.1\r\nHost: gw\r\nJOB-TOKEN: {BOT}\r\nContent-Type: application/json\r\n"
+    );
+    let resp = chunked(&h, &head, &[], "").await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+}
