@@ -1213,6 +1213,7 @@ where
 mod tests {
     use super::*;
     use http::HeaderValue;
+    use proptest::prelude::*;
 
     fn ct(value: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -1495,6 +1496,112 @@ mod tests {
         assert!(JsonScanner::new(1 << 20).feed(deep.as_bytes()).is_err());
         let long = format!("{{\"token\":\"{}\"}}", "x".repeat(100));
         assert!(JsonScanner::new(50).feed(long.as_bytes()).is_err());
+    }
+
+    fn feed_in_pieces(doc: &[u8], cuts: &[usize]) -> Result<Fields, BodyError> {
+        let mut scanner = JsonScanner::new(1 << 20);
+        let mut out = Vec::new();
+        let mut at = 0;
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (doc.len() + 1)).collect();
+        cuts.sort_unstable();
+        for cut in cuts.into_iter().chain([doc.len()]) {
+            out.extend(scanner.feed(&doc[at..cut])?);
+            at = cut;
+        }
+        out.extend(scanner.finish()?);
+        Ok(out)
+    }
+
+    /// Steps a multipart body through the pump's parser in pieces.
+    fn step_in_pieces(body: &[u8], boundary: &str, cuts: &[usize]) -> Result<Fields, BodyError> {
+        let mut stepper = Stepper::new(boundary.into(), 1 << 20);
+        let mut out = Vec::new();
+        let mut at = 0;
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (body.len() + 1)).collect();
+        cuts.sort_unstable();
+        for cut in cuts.into_iter().chain([body.len()]) {
+            out.extend(stepper.step(Some(Bytes::copy_from_slice(&body[at..cut])))?);
+            at = cut;
+        }
+        out.extend(stepper.step(None)?);
+        Ok(out)
+    }
+
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::Bool),
+            any::<i32>().prop_map(|n| serde_json::json!(n)),
+            "[ -~\\n\"\\\\{}\\[\\]é]{0,12}".prop_map(serde_json::Value::String),
+        ];
+        leaf.prop_recursive(4, 32, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
+                proptest::collection::vec(
+                    ("(job_token|token|a|b\\[\\]|private_token)", inner),
+                    0..4
+                )
+                .prop_map(|kv| serde_json::Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+        #[test]
+        fn scanner_matches_the_parser_on_json_objects(
+            members in proptest::collection::vec(("(job_token|token|access_token|ref|a\\\"b|job\\\\u005ftoken)", json_value()), 0..6),
+            cuts in proptest::collection::vec(any::<usize>(), 0..6),
+            pretty in any::<bool>(),
+        ) {
+            // Written by hand so that duplicate keys survive.
+            let sep = if pretty { " ,\n  " } else { "," };
+            let body: Vec<String> = members
+                .iter()
+                .map(|(k, v)| format!("\"{k}\":{}", if pretty { serde_json::to_string_pretty(v).unwrap() } else { v.to_string() }))
+                .collect();
+            let doc = format!("{{{}}}", body.join(sep));
+            let whole = json_fields(doc.as_bytes());
+            let pieces = feed_in_pieces(doc.as_bytes(), &cuts);
+            match (&whole, &pieces) {
+                (Ok(w), Ok(p)) => prop_assert_eq!(names(w), names(p)),
+                (Err(_), Err(_)) => {}
+                _ => prop_assert!(false, "{doc}: {whole:?} vs {pieces:?}"),
+            }
+        }
+
+        #[test]
+        fn scanner_never_panics(doc in proptest::collection::vec(any::<u8>(), 0..200), cuts in proptest::collection::vec(any::<usize>(), 0..4)) {
+            let _ = feed_in_pieces(&doc, &cuts);
+        }
+
+        #[test]
+        fn stepper_matches_the_buffered_multipart_parser(
+            fields in proptest::collection::vec(("(token|job_token|content|ref)", "[ -~]{0,40}"), 0..5),
+            cuts in proptest::collection::vec(any::<usize>(), 0..8),
+            truncate in proptest::option::of(any::<usize>()),
+        ) {
+            let parts: Vec<(String, String)> = fields
+                .iter()
+                .map(|(n, v)| (format!("Content-Disposition: form-data; name=\"{n}\""), v.clone()))
+                .collect();
+            let refs: Vec<(&str, &str)> = parts.iter().map(|(h, v)| (h.as_str(), v.as_str())).collect();
+            let mut body = multipart(&refs, "b0und").to_vec();
+            if let Some(t) = truncate {
+                body.truncate(t % (body.len() + 1));
+            }
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let whole = rt.block_on(multipart_fields(Bytes::from(body.clone()), "b0und".into()));
+            let pieces = step_in_pieces(&body, "b0und", &cuts);
+            match (&whole, &pieces) {
+                (Ok(w), Ok(p)) => prop_assert_eq!(names(w), names(p)),
+                (Err(_), Err(_)) => {}
+                // An empty body is no multipart error when buffered.
+                (Ok(w), Err(_)) if body.is_empty() => prop_assert!(w.is_empty()),
+                _ => prop_assert!(false, "{whole:?} vs {pieces:?}"),
+            }
+        }
     }
 
     #[test]
