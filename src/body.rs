@@ -36,7 +36,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::credentials::{self, BodyCredentials, JobToken, LateField};
 use crate::error::GatewayError;
@@ -60,9 +60,30 @@ pub enum BodyError {
     Encoded(&'static str),
     #[error("the request body could not be read")]
     Read,
+    /// Every byte of `max_inspected_total` is held by bodies being inspected.
+    #[error("the gateway is inspecting too many request bodies at once; try again later")]
+    Busy,
     /// A credential found in a streamed multipart body that the decision did not see.
     #[error("a credential in a request body larger than {cap} bytes was not the CI/CD job token the request was decided on; send the job token in the JOB-TOKEN header (and the same one, or none, in the body), or a body of at most {cap} bytes")]
     LateCredential { cap: usize },
+}
+
+/// How much body inspection may hold: `cap` bytes per request, and all requests together the
+/// permits of `total` (one per byte, `limits.max_inspected_total`), so that memory stays
+/// bounded however many clients send bodies at once.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub cap: usize,
+    pub total: Arc<Semaphore>,
+}
+
+impl Limits {
+    pub fn new(cap: usize, total: usize) -> Self {
+        Limits {
+            cap,
+            total: Arc::new(Semaphore::new(total.min(Semaphore::MAX_PERMITS))),
+        }
+    }
 }
 
 /// How a request body is read, decided from its method and headers.
@@ -193,8 +214,10 @@ pub async fn inspect(
     mut body: Incoming,
     plan: Plan,
     content_length: Option<u64>,
-    cap: usize,
+    limits: &Limits,
 ) -> Result<Inspected, BodyError> {
+    let cap = limits.cap;
+    let mut permit = None;
     let too_large = BodyError::TooLarge {
         kind: plan.label(),
         cap,
@@ -208,6 +231,7 @@ pub async fn inspect(
                 rest: body,
                 kind: HeldKind::Multipart { boundary },
                 cap,
+                budget: None,
             }));
         }
         // npm publish and other large JSON documents: streamed, scanned on the way.
@@ -217,6 +241,7 @@ pub async fn inspect(
                 rest: body,
                 kind: HeldKind::Json,
                 cap,
+                budget: None,
             }));
         }
         // A body that may not be a JSON object is only peeked at (package uploads without a
@@ -247,7 +272,7 @@ pub async fn inspect(
             let read = if content_length.is_some_and(|n| n > cap as u64) {
                 Err(peeked.concat().into())
             } else {
-                read_capped(&mut body, peeked, cap).await?
+                read_capped(&mut body, peeked, limits, &mut permit).await?
             };
             let bytes = match read {
                 Ok(bytes) => bytes,
@@ -257,12 +282,13 @@ pub async fn inspect(
                         rest: body,
                         kind: HeldKind::Json,
                         cap,
+                        budget: permit,
                     }))
                 }
             };
             let fields = json_fields(&bytes)?;
             return Ok(Inspected::Ready(
-                ForwardBody::full(bytes),
+                ForwardBody::full(bytes, permit),
                 Some(BodyCredentials::fields(fields)),
             ));
         }
@@ -271,7 +297,7 @@ pub async fn inspect(
     if content_length.is_some_and(|n| n > cap as u64) {
         return Err(too_large);
     }
-    let bytes = match read_capped(&mut body, Vec::new(), cap).await? {
+    let bytes = match read_capped(&mut body, Vec::new(), limits, &mut permit).await? {
         Ok(bytes) => bytes,
         // A chunked multipart or JSON body that grew past the cap: streamed from here on.
         Err(read) => {
@@ -285,6 +311,7 @@ pub async fn inspect(
                 rest: body,
                 kind,
                 cap,
+                budget: permit,
             }));
         }
     };
@@ -307,7 +334,10 @@ pub async fn inspect(
         }
         Plan::Opaque => BodyCredentials::default(),
     };
-    Ok(Inspected::Ready(ForwardBody::full(bytes), Some(creds)))
+    Ok(Inspected::Ready(
+        ForwardBody::full(bytes, permit),
+        Some(creds),
+    ))
 }
 
 /// The next data chunk; trailers are skipped (never forwarded, never read).
@@ -326,25 +356,51 @@ async fn next_data(body: &mut Incoming) -> Result<Option<Bytes>, BodyError> {
 
 /// The whole body after `start`, or — as soon as it exceeds `cap` — Err with every byte read
 /// so far (the caller streams or refuses the rest).
+/// Every byte kept is paid for from `limits.total` first (into `permit`): none left → Busy.
 async fn read_capped(
     body: &mut Incoming,
     start: Vec<Bytes>,
-    cap: usize,
+    limits: &Limits,
+    permit: &mut Option<OwnedSemaphorePermit>,
 ) -> Result<Result<Bytes, Bytes>, BodyError> {
+    let cap = limits.cap;
     let mut buf = BytesMut::new();
     for chunk in start {
+        reserve(limits, permit, chunk.len())?;
         buf.extend_from_slice(&chunk);
     }
     if buf.len() > cap {
         return Ok(Err(buf.freeze()));
     }
     while let Some(chunk) = next_data(body).await? {
+        reserve(limits, permit, chunk.len())?;
         buf.extend_from_slice(&chunk);
         if buf.len() > cap {
             return Ok(Err(buf.freeze()));
         }
     }
     Ok(Ok(buf.freeze()))
+}
+
+fn reserve(
+    limits: &Limits,
+    permit: &mut Option<OwnedSemaphorePermit>,
+    bytes: usize,
+) -> Result<(), BodyError> {
+    let n = u32::try_from(bytes).map_err(|_| BodyError::Busy)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let more = limits
+        .total
+        .clone()
+        .try_acquire_many_owned(n)
+        .map_err(|_| BodyError::Busy)?;
+    match permit {
+        Some(held) => held.merge(more),
+        None => *permit = Some(more),
+    }
+    Ok(())
 }
 
 /// The first byte that is not JSON whitespace (nor, at the very start, a UTF-8 BOM).
@@ -668,6 +724,8 @@ pub struct HeldBody {
     rest: Incoming,
     kind: HeldKind,
     cap: usize,
+    /// The share of `max_inspected_total` that `read` holds until it is passed on.
+    budget: Option<OwnedSemaphorePermit>,
 }
 
 enum HeldKind {
@@ -728,6 +786,7 @@ impl HeldBody {
             prefix: VecDeque::new(),
             rest: None,
             channel: Some(rx),
+            _budget: None,
         };
         (body, verdict_rx)
     }
@@ -744,6 +803,7 @@ impl HeldBody {
             mut rest,
             kind,
             cap,
+            mut budget,
         } = self;
         let (hold, mut parser) = match kind {
             // `\r\n--` + boundary + `--\r\n`: the closing delimiter never leaves early.
@@ -780,6 +840,8 @@ impl HeldBody {
                     // The upstream stopped reading (it answered, or the connection broke).
                     return;
                 }
+                // What was read before the decision has moved on.
+                drop(budget.take());
             }
         };
         match outcome {
@@ -1109,6 +1171,9 @@ pub struct ForwardBody<B = Incoming> {
     prefix: VecDeque<Bytes>,
     rest: Option<B>,
     channel: Option<mpsc::Receiver<Result<Bytes, BodyAborted>>>,
+    /// The share of `max_inspected_total` the buffered bytes hold, returned when the body is
+    /// dropped (sent, or abandoned).
+    _budget: Option<OwnedSemaphorePermit>,
 }
 
 impl<B> ForwardBody<B> {
@@ -1121,14 +1186,16 @@ impl<B> ForwardBody<B> {
             prefix: prefix.into(),
             rest: Some(body),
             channel: None,
+            _budget: None,
         }
     }
 
-    pub fn full(bytes: Bytes) -> Self {
+    pub fn full(bytes: Bytes, budget: Option<OwnedSemaphorePermit>) -> Self {
         ForwardBody {
             prefix: VecDeque::from([bytes]),
             rest: None,
             channel: None,
+            _budget: budget,
         }
     }
 
@@ -1434,7 +1501,7 @@ mod tests {
         let collected = body.collect().await.unwrap();
         assert!(collected.trailers().is_none());
         assert_eq!(collected.to_bytes(), Bytes::from_static(b"ab"));
-        let full = ForwardBody::<Incoming>::full(Bytes::from_static(b"xyz"));
+        let full = ForwardBody::<Incoming>::full(Bytes::from_static(b"xyz"), None);
         assert_eq!(full.size_hint().exact(), Some(3));
         assert!(!full.is_end_stream());
     }

@@ -90,6 +90,7 @@ impl GatewayError {
             GatewayError::Body(BodyError::Malformed(_) | BodyError::Read) => {
                 StatusCode::BAD_REQUEST
             }
+            GatewayError::Body(BodyError::Busy) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::OutOfScope { .. }
             | GatewayError::Unattributed { .. }
             | GatewayError::RegistryRefused { .. } => StatusCode::FORBIDDEN,
@@ -112,6 +113,7 @@ impl GatewayError {
             GatewayError::Body(BodyError::LateCredential { .. }) => "late_body_credential",
             GatewayError::Body(BodyError::Malformed(_)) => "malformed_body",
             GatewayError::Body(BodyError::Read) => "body_read_failed",
+            GatewayError::Body(BodyError::Busy) => "body_inspection_busy",
             GatewayError::ConnectionListsHeader(_) => "connection_lists_header",
             GatewayError::OutOfScope {
                 limit: Limit::Outbound,
@@ -207,6 +209,7 @@ mod tests {
             (GatewayError::Body(BodyError::Encoded("JSON")), 415),
             (GatewayError::Body(BodyError::Malformed("x")), 400),
             (GatewayError::Body(BodyError::Read), 400),
+            (GatewayError::Body(BodyError::Busy), 503),
             (
                 GatewayError::Body(BodyError::LateCredential { cap: 1 }),
                 413,

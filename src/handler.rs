@@ -75,8 +75,8 @@ pub struct HandlerOptions {
     /// Job-token prefixes (`glcbt-` by default).
     pub prefixes: Vec<Box<str>>,
     pub max_url_bytes: usize,
-    /// Largest body of an inspectable type read before the decision (`limits.max_inspected_body`).
-    pub max_inspected_body: usize,
+    /// Body inspection limits (`limits.max_inspected_body`, `limits.max_inspected_total`).
+    pub body_limits: body::Limits,
 }
 
 impl Gateway {
@@ -214,13 +214,8 @@ impl Gateway {
         }
         // Bodies the forge takes parameters from are read (up to the cap) and searched before
         // the decision; the bytes read are what is forwarded.
-        let inspected = body::inspect(
-            incoming,
-            plan,
-            content_length,
-            self.options.max_inspected_body,
-        )
-        .await?;
+        let inspected =
+            body::inspect(incoming, plan, content_length, &self.options.body_limits).await?;
         let (pending, body_creds) = match inspected {
             body::Inspected::Ready(b, creds) => (PendingBody::Ready(b), creds),
             body::Inspected::Held(held) => (PendingBody::Held(held), None),

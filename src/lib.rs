@@ -183,7 +183,10 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
                 .map(|p| p.clone().into_boxed_str())
                 .collect(),
             max_url_bytes: settings.limits.max_url_bytes,
-            max_inspected_body: settings.limits.max_inspected_body,
+            body_limits: crate::body::Limits::new(
+                settings.limits.max_inspected_body,
+                settings.limits.max_inspected_total,
+            ),
         },
     );
     gateway.authlog = Arc::clone(&authlog);

@@ -835,3 +835,38 @@ async fn empty_bodies_of_inspectable_types_pass() {
     let resp = chunked(&h, &head, &[], "").await;
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
 }
+
+#[tokio::test]
+async fn bodies_under_inspection_share_a_memory_budget() {
+    let h = Harness::start_with(MATRIX, |s| {
+        s.limits.max_inspected_body = 4096;
+        s.limits.max_inspected_total = 6000;
+    })
+    .await;
+    let form = Some("application/x-www-form-urlencoded");
+    // A slow client holds 3000 bytes under inspection…
+    let mut slow = tokio::net::TcpStream::connect(h.gw.listen).await.unwrap();
+    let head = format!(
+        "POST {ALLOWED} HTTP/1.1\r\nHost: gw\r\nJOB-TOKEN: {BOT}\r\nContent-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    let first = format!("token={BOT}&pad={}", "a".repeat(3000 - 11 - BOT.len()));
+    assert_eq!(first.len(), 3000);
+    slow.write_all(format!("{:x}\r\n{first}\r\n", first.len()).as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // …so a 4000-byte body does not fit in what is left: 503, try again later.
+    let body = format!("ref=main&pad={}", "b".repeat(4000 - 13));
+    let r = post_with(&h, ALLOWED, form, &[("JOB-TOKEN", BOT)], body.as_bytes()).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.headers.contains_key("retry-after"));
+    // The slow request completes, and its share comes back.
+    slow.write_all(b"0\r\n\r\n").await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut out)).await;
+    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"));
+    let r = post_with(&h, ALLOWED, form, &[("JOB-TOKEN", BOT)], body.as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(h.reached().len(), 2);
+}
