@@ -7,6 +7,9 @@
 //! gateway reads *more* candidates, never fewer: an extra candidate can only cost a 400,
 //! 401 or 403, a missed one would let a token through unscoped.
 //!
+//! Request bodies are decoded by `crate::body`; their credential parameters come back here
+//! ([`extract_with_body`], [`check_late_field`]) to be classified like every other carrier.
+//!
 //! Nothing here logs, prints or compares a token in clear: [`JobToken`] shows only a digest
 //! prefix, and every comparison of two secrets is constant-time.
 

@@ -870,3 +870,24 @@ async fn bodies_under_inspection_share_a_memory_budget() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(h.reached().len(), 2);
 }
+
+#[tokio::test]
+async fn http2_bodies_are_inspected_too() {
+    let h = Harness::start(MATRIX).await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Full<Bytes>>();
+    let json = format!(r#"{{"job_token":"{BOT}"}}"#);
+    for (path, expected) in [(ALLOWED, 200), (DENIED, 403)] {
+        let req = http::Request::post(h.url(path))
+            .header("Content-Type", "application/json")
+            .body(http_body_util::Full::new(Bytes::from(json.clone())))
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+        assert_eq!(resp.status().as_u16(), expected, "{path}");
+    }
+    let seen = h.forge.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].body_sha256, sha(json.as_bytes()));
+}
