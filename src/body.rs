@@ -482,23 +482,30 @@ impl futures_core::Stream for Once {
     }
 }
 
-/// Every name Rack could give a part, read generously: the `name=` (and `filename=`,
-/// `name*=`) parameters of Content-Disposition however quoted, Content-ID (Rack's fallback
-/// name), and Content-Type (Rack names a part without either `"<type>[]"`).
+/// Every name Rack could give a part, read generously. Rack matches its regexes against the
+/// whole head of the part, unanchored (`/Content-Disposition:[^:]*;\s*name=(…)/ni`, then
+/// `/Content-ID:\s*([^\r\n]*)/ni`, then the filename, then `"<Content-Type>[]"`), so a
+/// `Content-Disposition: …; name="job_token"` inside another header's value names the part
+/// too. Each header line is therefore searched whole: every `name=` (also `filename=`,
+/// `name*=`) however quoted, and whatever follows `Content-ID:` or `Content-Type:`.
 fn part_names(headers: &HeaderMap) -> Vec<Vec<u8>> {
     let mut names = Vec::new();
-    for value in headers.get_all(header::CONTENT_DISPOSITION) {
-        disposition_names(value.as_bytes(), &mut names);
-    }
-    for name in [HeaderName::from_static("content-id"), header::CONTENT_TYPE] {
-        for value in headers.get_all(&name) {
-            names.push(value.as_bytes().trim_ascii().to_vec());
+    for (name, value) in headers {
+        let mut line = name.as_str().as_bytes().to_vec();
+        line.extend_from_slice(b": ");
+        line.extend_from_slice(value.as_bytes());
+        disposition_names(&line, &mut names);
+        let lower = line.to_ascii_lowercase();
+        for marker in [&b"content-id:"[..], b"content-type:"] {
+            let mut from = 0;
+            while let Some(at) = find(&lower[from..], marker).map(|i| i + from) {
+                from = at + marker.len();
+                names.push(line[from..].trim_ascii().to_vec());
+            }
         }
     }
     names
 }
-
-use http::header::HeaderName;
 
 fn disposition_names(value: &[u8], out: &mut Vec<Vec<u8>>) {
     let lower = value.to_ascii_lowercase();
@@ -1452,8 +1459,12 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(f, vec![("token".into(), "glcbt-t".into())]);
-        // Unquoted, other case, brackets, RFC 5987, file parts, Content-ID, Content-Type.
+        // Unquoted, other case, brackets, RFC 5987, file parts, Content-ID, Content-Type, and
+        // Rack's unanchored regexes matching inside another header.
         for headers in [
+            "X-Note: Content-Disposition: form-data; name=\"job_token\"",
+            "Content-Disposition: form-data; name=\"a\"\r\nX-Note: x; name=job_token",
+            "X-Note: see Content-ID: job_token",
             "content-disposition: form-data; NAME=job_token",
             "Content-Disposition: form-data; name=\"job_token[]\"",
             "Content-Disposition: form-data; name*=utf-8''job%5Ftoken",
