@@ -82,6 +82,16 @@ impl Decision {
         }
     }
 
+    /// 0 allow, 1 would_deny, 2 deny: when a request may act on several projects, the
+    /// strictest decision is the request's.
+    pub fn strictness(&self) -> u8 {
+        match self {
+            Decision::Allow(_) => 0,
+            Decision::WouldDeny(_) => 1,
+            Decision::Deny(_) => 2,
+        }
+    }
+
     /// "allow" | "would_deny" | "deny"
     pub fn label(&self) -> &'static str {
         match self {

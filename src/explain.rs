@@ -128,10 +128,21 @@ pub fn explain(args: &ExplainArgs) -> ExitCode {
             println!("allow only for the token's own job: job {job_id} must be the token's job, else 403");
             ExitCode::SUCCESS
         }
-        Target::Project { project, .. } => {
+        Target::Project { project, alias, .. } => {
             let target = policy.identify(&project);
             println!("target: {target}");
-            print_decision(decide(policy, args.mode.into(), &origin, &target))
+            let mut decision = decide(policy, args.mode.into(), &origin, &target);
+            // The forge may read the request as the alias instead (`x.wiki.git` when a project
+            // `x.wiki` exists): the stricter decision counts, as in the gateway.
+            if let Some(alias) = alias {
+                let other = policy.identify(&alias);
+                println!("or target: {other}");
+                let d = decide(policy, args.mode.into(), &origin, &other);
+                if d.strictness() > decision.strictness() {
+                    decision = d;
+                }
+            }
+            print_decision(decision)
         }
     }
 }

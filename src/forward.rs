@@ -37,6 +37,13 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 
 /// Remove hop-by-hop headers and every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of them: one pass over the names instead of nine removals.
+    if !headers
+        .keys()
+        .any(|name| HOP_BY_HOP.contains(name) || name == PROXY_CONNECTION)
+    {
+        return;
+    }
     // Collect first: the names listed in Connection are removed after Connection itself.
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)

@@ -183,8 +183,12 @@ pub fn target(data: &[u8]) {
             project,
             kind,
             id_span,
+            alias,
         } => {
             check_project_ref(project);
+            if let Some(alias) = alias {
+                check_project_ref(alias);
+            }
             if let Some(span) = id_span {
                 check_span(path, span);
                 let spliced = splice(path, span, 77);
@@ -194,6 +198,7 @@ pub fn target(data: &[u8]) {
                         project: ProjectRef::Id(77),
                         kind: *kind,
                         id_span: None,
+                        alias: None,
                     }),
                     "numeric id spliced into {path:?} names another route"
                 );

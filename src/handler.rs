@@ -23,8 +23,9 @@ use crate::forward::{connection_names_protected, upstream_target, ClientConn, Fo
 use crate::manage::{self, Manager};
 use crate::metrics::Metrics;
 use crate::origin::{OriginError, OriginResolver, TokenKind};
-use crate::project::ProjectIdentity;
+use crate::project::{ProjectIdentity, ProjectRef};
 use crate::registry::{decide_registry, RegistryDecision};
+use crate::renames::{PathResolver, Resolved};
 use crate::snapshot::{PolicyStore, Snapshot};
 use crate::target::{self, RouteKind, Target};
 
@@ -66,6 +67,9 @@ pub struct Gateway {
     pub authlog: Arc<AuthLog>,
     /// The management API under `/-/scopegate`; `None` when it is switched off.
     pub manage: Option<Arc<Manager>>,
+    /// Resolves paths the scope file does not list (renamed projects); `None` without a
+    /// lookup credential.
+    pub renames: Option<Arc<PathResolver>>,
     request_ids: RequestIds,
 }
 
@@ -95,6 +99,7 @@ impl Gateway {
             options,
             authlog: Arc::new(AuthLog::disabled()),
             manage: None,
+            renames: None,
             request_ids: RequestIds::new(),
         }
     }
@@ -204,8 +209,9 @@ impl Gateway {
                 credentials::extract(&parts.headers, parts.uri.query(), &self.options.prefixes)?;
             if let Some((_, origin)) = self.job_token(&snapshot, head).await? {
                 let mut early = Outcome::default();
-                if let Err(refused) =
-                    self.decide_parts(&snapshot, &parts, &origin, &mut early, false)
+                if let Err(refused) = self
+                    .decide_parts(&snapshot, &parts, &origin, &mut early, false)
+                    .await
                 {
                     *outcome = early;
                     return Err(refused);
@@ -234,7 +240,9 @@ impl Gateway {
             let pq = upstream_target(parts.uri.path(), None, parts.uri.query());
             return self.send(parts, pending, None, &pq, client).await;
         };
-        let rewrite = self.decide_parts(&snapshot, &parts, &origin, outcome, true)?;
+        let rewrite = self
+            .decide_parts(&snapshot, &parts, &origin, outcome, true)
+            .await?;
         let pq = upstream_target(parts.uri.path(), rewrite, parts.uri.query());
         drop(snapshot);
         self.send(parts, pending, Some(token), &pq, client).await
@@ -243,7 +251,7 @@ impl Gateway {
     /// Decide the request `parts` for a job token of `origin`: Ok with the path rewrite to
     /// forward with, Err for every refusal. `record_all`: log and record every decision (else
     /// only hard denials: the early pass before a body is read).
-    fn decide_parts(
+    async fn decide_parts(
         &self,
         snapshot: &Snapshot,
         parts: &http::request::Parts,
@@ -292,21 +300,49 @@ impl Gateway {
                 }
             },
             Target::Project {
-                project, id_span, ..
+                project,
+                id_span,
+                alias,
+                kind,
             } => {
-                let identity = snapshot.policy.identify(project);
+                let mut identity = snapshot.policy.identify(project);
+                // A path the scope file does not list may be a renamed project's old path,
+                // which the forge still serves over Git, LFS and the web (its API answers 301
+                // or 405 instead): decide on the project the forge will serve.
+                if let (None, Some(path), Some(renames)) =
+                    (identity.id, identity.path.as_deref(), &self.renames)
+                {
+                    if *kind != RouteKind::ProjectApi {
+                        match renames.resolve(path).await {
+                            Ok(Resolved::Project { id, path }) => {
+                                identity = snapshot.policy.identify(&ProjectRef::Id(id));
+                                identity.path.get_or_insert(path);
+                            }
+                            Ok(Resolved::Missing) => {}
+                            Err(e) => return Err(GatewayError::ForgeUnavailable(e.to_string())),
+                        }
+                    }
+                }
                 // Forward what was decided: a path the snapshot knows becomes its numeric id.
                 let rewrite = match (id_span, identity.id) {
                     (Some(span), Some(id)) => Some((span.clone(), id)),
                     _ => None,
                 };
-                let decision = decide(
-                    &snapshot.policy,
-                    self.options.mode,
-                    &origin.project,
-                    &identity,
-                );
-                (identity, rewrite, decision)
+                let decide_on = |identity: &ProjectIdentity| {
+                    decide(
+                        &snapshot.policy,
+                        self.options.mode,
+                        &origin.project,
+                        identity,
+                    )
+                };
+                let decision = decide_on(&identity);
+                // The forge may read the request as the alias instead: the stricter counts.
+                let other = alias.as_ref().map(|a| snapshot.policy.identify(a));
+                match other.map(|i| (decide_on(&i), i)) {
+                    Some((d, i)) if d.strictness() > decision.strictness() => (i, rewrite, d),
+                    _ => (identity, rewrite, decision),
+                }
             }
         };
         outcome.target = Some(target_identity.clone());

@@ -23,6 +23,7 @@ pub mod policy;
 pub mod project;
 pub mod registry;
 pub mod reload;
+pub mod renames;
 pub mod scope;
 pub mod server;
 pub mod settings;
@@ -152,6 +153,26 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         upstream_tls.clone(),
     )
     .map_err(|e| StartError::Other(e.to_string()))?;
+    let renames = match &settings.lookup_token_file {
+        Some(file) => {
+            let token = std::fs::read_to_string(file).map_err(|e| {
+                StartError::Other(format!(
+                    "cannot read lookup_token_file {}: {e}",
+                    file.display()
+                ))
+            })?;
+            let resolver = renames::PathResolver::new(
+                upstream.clone(),
+                &token,
+                settings.cache.ttl,
+                settings.timeouts.forge_lookup,
+                upstream_tls.clone(),
+            )
+            .map_err(|e| StartError::Other(e.to_string()))?;
+            Some(Arc::new(resolver))
+        }
+        None => None,
+    };
     let forwarder = Forwarder::new(upstream, &settings.timeouts, upstream_tls.clone());
     let (authlog, _writer) = AuthLog::start(
         &settings.authlog,
@@ -191,6 +212,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     );
     gateway.authlog = Arc::clone(&authlog);
     gateway.manage = manager.clone();
+    gateway.renames = renames;
     let gateway = Arc::new(gateway);
 
     let main_listener = bind(settings.listen).await?;

@@ -14,7 +14,6 @@ use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 
 use sha2::{Digest as _, Sha256};
-use subtle::ConstantTimeEq;
 
 use crate::project::{ProjectIdentity, ProjectRef};
 
@@ -290,13 +289,13 @@ struct TokenDigest([u8; 32]);
 
 impl PartialEq for TokenDigest {
     fn eq(&self, other: &Self) -> bool {
-        self.0.ct_eq(&other.0).into()
+        crate::credentials::digest_eq(&self.0, &other.0)
     }
 }
 impl Eq for TokenDigest {}
 impl Hash for TokenDigest {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        // The map's hasher is keyed at random per process (std `RandomState`), so the bucket a
+        // The map's hasher is seeded at random per process (foldhash `RandomState`), so the bucket a
         // digest lands in tells nothing about the stored digests.
         state.write(&self.0);
     }
@@ -311,7 +310,7 @@ pub struct Policy {
     projects: Vec<ProjectPolicy>,
     by_id: Map<u64, usize>,
     by_path: Map<Box<str>, usize>,
-    tokens: HashMap<TokenDigest, ProjectIdentity>,
+    tokens: Map<TokenDigest, ProjectIdentity>,
     default_outbound: LimitPolicy,
     default_inbound: LimitPolicy,
 }
@@ -382,7 +381,7 @@ impl Policy {
             projects: compiled,
             by_id,
             by_path,
-            tokens: HashMap::with_capacity(tokens.len()),
+            tokens: Map::with_capacity_and_hasher(tokens.len(), IndexHasher::default()),
             default_outbound: LimitPolicy::off_or_empty(defaults.outbound),
             default_inbound: LimitPolicy::off_or_empty(defaults.inbound),
         };

@@ -83,8 +83,7 @@ const MAX_DEPTH: usize = 21;
 
 /// One segment of a forge path (GitLab's `path_regex.rb`): `[a-zA-Z0-9_.][a-zA-Z0-9_.-]*`,
 /// not ending in `.`, `.git` or `.atom`.
-fn is_valid_segment(seg: &str) -> bool {
-    let bytes = seg.as_bytes();
+fn is_valid_segment(bytes: &[u8]) -> bool {
     let Some(&first) = bytes.first() else {
         return false;
     };
@@ -94,21 +93,31 @@ fn is_valid_segment(seg: &str) -> bool {
         && bytes
             .iter()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-        && !seg.ends_with('.')
-        && !seg.ends_with(".git")
-        && !seg.ends_with(".atom")
+        && !bytes.ends_with(b".")
+        && !bytes.ends_with(b".git")
+        && !bytes.ends_with(b".atom")
 }
 
 /// A full project path: at least a namespace and a name, every segment valid.
 pub fn is_valid_project_path(path: &str) -> bool {
-    let n = path.split('/').count();
-    (2..=MAX_DEPTH).contains(&n) && path.split('/').all(is_valid_segment)
+    valid_segments(path, 2, MAX_DEPTH)
 }
 
 /// A full group path: one or more valid segments.
 pub fn is_valid_group_path(path: &str) -> bool {
-    let n = path.split('/').count();
-    (1..MAX_DEPTH).contains(&n) && path.split('/').all(is_valid_segment)
+    valid_segments(path, 1, MAX_DEPTH - 1)
+}
+
+/// Between `min` and `max` segments, each valid; one pass over the bytes.
+fn valid_segments(path: &str, min: usize, max: usize) -> bool {
+    let mut n = 0;
+    for seg in path.as_bytes().split(|&b| b == b'/') {
+        n += 1;
+        if n > max || !is_valid_segment(seg) {
+            return false;
+        }
+    }
+    n >= min
 }
 
 #[cfg(test)]

@@ -188,6 +188,10 @@ pub struct Settings {
     pub upstream_client_key: Option<PathBuf>,
     /// The forge's external URL (what its `web_url`s start with), when it differs from `upstream`.
     pub forge_external_url: Option<String>,
+    /// A file holding a read-only forge token (`read_api`, of a user who sees every project)
+    /// used to resolve Git, LFS and web paths the scope file does not list, such as renamed
+    /// projects' old paths. Unset: such paths are decided as named (by `[defaults]`).
+    pub lookup_token_file: Option<PathBuf>,
     pub scopes: Option<PathBuf>,
     pub mode: ModeSetting,
     pub job_token_prefixes: Vec<String>,
@@ -282,6 +286,7 @@ impl Default for Settings {
             upstream_client_cert: None,
             upstream_client_key: None,
             forge_external_url: None,
+            lookup_token_file: None,
             scopes: None,
             mode: ModeSetting::Enforce,
             job_token_prefixes: vec!["glcbt-".to_string()],
@@ -330,6 +335,7 @@ impl Settings {
                 &mut settings.upstream_ca,
                 &mut settings.upstream_client_cert,
                 &mut settings.upstream_client_key,
+                &mut settings.lookup_token_file,
             ]
             .into_iter()
             .flatten()

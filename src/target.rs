@@ -53,8 +53,9 @@
 //!   (`/api/graphql`, which never accepts a job token) and the internal API
 //!   (`/api/v4/internal/...`) are Unattributed on purpose.
 //! - `.wiki.git` and `.design.git` repositories belong to the project without the suffix. The
-//!   forge first looks for a project literally named `x.wiki` / `x.design`; such names are
-//!   valid but rare, and the gateway cannot tell without the database (a known gap).
+//!   forge first looks for a project literally named `x.wiki` / `x.design` (valid but rare
+//!   names); the gateway cannot tell without the database, so it names that literal path as
+//!   the target's `alias` and the handler decides both.
 //! - Snippet repositories (`snippets/<n>.git`, `<project>/snippets/<n>.git`) are Unattributed:
 //!   the forge reads them as a project of that full path if one exists, else as a snippet.
 //! - `.GIT` (any case but lower) is refused: for the forge it is part of the project name.
@@ -171,6 +172,11 @@ pub enum Target {
         /// Byte range of the `:id` segment in the raw path when an API route names the project
         /// by (encoded) path, so the forwarder can put the numeric id there. None otherwise.
         id_span: Option<Range<usize>>,
+        /// Another project the forge may read the request as. A repository path ending in
+        /// `.wiki.git` / `.design.git` is the wiki or design repository of `project`, unless a
+        /// project literally named `x.wiki` / `x.design` exists, which the forge tries first
+        /// (`Gitlab::RepoPath.parse`). **The handler must decide both** and keep the stricter.
+        alias: Option<ProjectRef>,
     },
     /// `/api/v4/jobs/:id` and everything below it: the handler compares `job_id` with the
     /// token's own job.
@@ -283,6 +289,8 @@ pub enum TargetError {
     ProjectIdOutOfRange,
     #[error("project id is neither a number nor a full project path")]
     InvalidProjectId,
+    #[error("a project path ending the route with a '.' may be read as a format suffix")]
+    FormatSuffixOnProjectId,
     #[error("group id is neither a number nor a full group path")]
     InvalidGroupId,
     #[error("percent-encoding in repository path")]
@@ -513,7 +521,7 @@ fn parse_u64(s: &str) -> Option<u64> {
 /// The `:id` of `/api/v4/projects/:id[/...]`; `rest` starts at `:id`, `offset` is its byte
 /// offset in the raw path. `Ok(None)`: no `:id` at all.
 fn parse_project_id(rest: &str, offset: usize) -> Result<Option<Target>, TargetError> {
-    let (raw, _, _) = next_segment(rest);
+    let (raw, after, _) = next_segment(rest);
     if raw.is_empty() {
         return Ok(None);
     }
@@ -523,16 +531,26 @@ fn parse_project_id(rest: &str, offset: usize) -> Result<Option<Target>, TargetE
             project: ProjectRef::Id(id),
             kind: RouteKind::ProjectApi,
             id_span: None,
+            alias: None,
         }));
     }
     let decoded = decode_id_path(raw)?;
     if !is_valid_project_path(&decoded) {
         return Err(TargetError::InvalidProjectId);
     }
+    // Grape adds an optional `(.:format)` to every route, and from Grape 2.4 a trailing
+    // extension is parsed off a route's last param (GitLab suppresses that only where it sets
+    // `NO_FORMAT_SUFFIX_REQUIREMENT`): `/projects/acme%2Fapp.json` is project `acme/app` for
+    // the forge, `acme/app.json` for a literal reading. A final path-named `:id` with a dot
+    // (also `%2E`) can be read both ways, so it is refused.
+    if after.is_empty() && decoded.contains('.') {
+        return Err(TargetError::FormatSuffixOnProjectId);
+    }
     Ok(Some(Target::Project {
         project: ProjectRef::Path(decoded.into_boxed_str()),
         kind: RouteKind::ProjectApi,
         id_span: Some(offset..offset + raw.len()),
+        alias: None,
     }))
 }
 
@@ -606,11 +624,13 @@ fn parse_repository_or_web(body: &str) -> Result<Target, TargetError> {
         // for the forge, so it stays unattributed).
         if let Some(repo) = body.strip_suffix("/info/refs") {
             if !repo.contains('%') {
-                if let Ok(Some(project)) = repository_project(repo) {
+                // The redirect itself serves nothing: no alias to decide.
+                if let Ok(Some((project, _))) = repository_project(repo) {
                     return Ok(Target::Project {
                         project,
                         kind: RouteKind::Git,
                         id_span: None,
+                        alias: None,
                     });
                 }
             }
@@ -636,10 +656,11 @@ fn parse_repository_or_web(body: &str) -> Result<Target, TargetError> {
         return Err(TargetError::GitSuffixCase);
     };
     match repository_project(stem)? {
-        Some(project) => Ok(Target::Project {
+        Some((project, alias)) => Ok(Target::Project {
             project,
             kind,
             id_span: None,
+            alias,
         }),
         None => Ok(Target::Unattributed),
     }
@@ -665,6 +686,7 @@ fn parse_web(body: &str, dash: usize) -> Target {
         project: ProjectRef::path(project),
         kind: RouteKind::Web,
         id_span: None,
+        alias: None,
     }
 }
 
@@ -734,9 +756,9 @@ fn is_reserved_top_level(seg: &str) -> bool {
 /// (the forge may read them as a snippet or as a project of that path: unattributable).
 ///
 /// The forge tries a project with the whole path first, so a real project literally named
-/// `x.wiki` / `x.design` would be read as itself; the gateway attributes the request to `x`,
-/// the common case. Telling the two apart needs the forge's database.
-fn repository_project(stem: &str) -> Result<Option<ProjectRef>, TargetError> {
+/// `x.wiki` / `x.design` would be read as itself: that literal path is returned as the alias,
+/// and both are decided (telling the two apart would need the forge's database).
+fn repository_project(stem: &str) -> Result<Option<(ProjectRef, Option<ProjectRef>)>, TargetError> {
     if is_snippet_repository(stem) {
         return Ok(None);
     }
@@ -747,7 +769,10 @@ fn repository_project(stem: &str) -> Result<Option<ProjectRef>, TargetError> {
     if !is_valid_project_path(path) {
         return Err(TargetError::InvalidRepositoryPath);
     }
-    Ok(Some(ProjectRef::path(path)))
+    // The literal path, when it is one a project could have: the forge tries it first.
+    let alias =
+        (path.len() < stem.len() && is_valid_project_path(stem)).then(|| ProjectRef::path(stem));
+    Ok(Some((ProjectRef::path(path), alias)))
 }
 
 /// `snippets/<digits>` or `<anything>/snippets/<digits>`.
@@ -1000,6 +1025,7 @@ mod tests {
             project: ProjectRef::Id(id),
             kind: RouteKind::ProjectApi,
             id_span: None,
+            alias: None,
         })
     }
 
@@ -1008,6 +1034,7 @@ mod tests {
             project: ProjectRef::path(path),
             kind: RouteKind::ProjectApi,
             id_span: Some(span),
+            alias: None,
         })
     }
 
@@ -1016,6 +1043,17 @@ mod tests {
             project: ProjectRef::path(path),
             kind,
             id_span: None,
+            alias: None,
+        })
+    }
+
+    /// A repository the forge may read as `path` or as the project literally named `alias`.
+    fn repo_or(path: &str, alias: &str, kind: RouteKind) -> Result<Target, TargetError> {
+        Ok(Target::Project {
+            project: ProjectRef::path(path),
+            kind,
+            id_span: None,
+            alias: Some(ProjectRef::path(alias)),
         })
     }
 
@@ -1060,6 +1098,7 @@ mod tests {
             project: ProjectRef::path(path),
             kind: RouteKind::Web,
             id_span: None,
+            alias: None,
         })
     }
 
@@ -1494,6 +1533,23 @@ mod tests {
                 Err(E::ProjectIdOutOfRange),
             ),
             ("/api/v4/projects/5.json", Err(E::InvalidProjectId)),
+            // Grape reads a final `<path>.<ext>` as `<path>` + format: refused.
+            (
+                "/api/v4/projects/acme%2Fapp.json",
+                Err(E::FormatSuffixOnProjectId),
+            ),
+            (
+                "/api/v4/projects/acme%2Fapp.json/",
+                Err(E::FormatSuffixOnProjectId),
+            ),
+            (
+                "/api/v4/projects/acme%2Fapp%2Ejson",
+                Err(E::FormatSuffixOnProjectId),
+            ),
+            (
+                "/api/v4/projects/acme.x%2Fapp",
+                Err(E::FormatSuffixOnProjectId),
+            ),
             ("/api/v4/projects/-5/x", Err(E::InvalidProjectId)),
             ("/api/v4/projects/+5/x", Err(E::InvalidProjectId)),
             ("/api/v4/projects/%35/x", Err(E::InvalidProjectId)),
@@ -1636,10 +1692,13 @@ mod tests {
                 "/Acme/Sub/Deep/App.git/info/refs",
                 repo("acme/sub/deep/app", Git),
             ),
-            ("/acme/app.wiki.git/info/refs", repo("acme/app", Git)),
+            (
+                "/acme/app.wiki.git/info/refs",
+                repo_or("acme/app", "acme/app.wiki", Git),
+            ),
             (
                 "/acme/app.design.git/git-upload-pack",
-                repo("acme/app", Git),
+                repo_or("acme/app", "acme/app.design", Git),
             ),
             ("/acme/app.WIKI.git/info/refs", repo("acme/app.wiki", Git)),
             ("/acme/app.GIT/info/refs", Err(E::GitSuffixCase)),
@@ -1691,7 +1750,7 @@ mod tests {
             ),
             (
                 "/acme/app.wiki.git/info/lfs/objects/batch",
-                repo("acme/app", Lfs),
+                repo_or("acme/app", "acme/app.wiki", Lfs),
             ),
             ("/acme/app.git/info/lfs", Ok(Target::Unattributed)),
             ("/acme/app.git/info/lfs/", Ok(Target::Unattributed)),
