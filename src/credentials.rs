@@ -7,6 +7,9 @@
 //! gateway reads *more* candidates, never fewer: an extra candidate can only cost a 400,
 //! 401 or 403, a missed one would let a token through unscoped.
 //!
+//! Request bodies are decoded by `crate::body`; their credential parameters come back here
+//! ([`extract_with_body`], [`check_late_field`]) to be classified like every other carrier.
+//!
 //! Nothing here logs, prints or compares a token in clear: [`JobToken`] shows only a digest
 //! prefix, and every comparison of two secrets is constant-time.
 
@@ -109,12 +112,115 @@ pub fn extract(
     query: Option<&str>,
     prefixes: &[Box<str>],
 ) -> Result<Credentials, CredentialError> {
-    extract_from(headers, query, prefixes)
+    extract_from(headers, query, None, prefixes)
+}
+
+/// [`extract`], plus the credentials `body` (see `crate::body`) found in the request body:
+/// they are candidates like any other, so a body token that differs from a header token is a
+/// conflict.
+pub fn extract_with_body(
+    headers: &HeaderMap,
+    query: Option<&str>,
+    body: Option<&BodyCredentials>,
+    prefixes: &[Box<str>],
+) -> Result<Credentials, CredentialError> {
+    extract_from(headers, query, body, prefixes)
+}
+
+/// What a request body carries that may be a credential. Never printed in clear.
+#[derive(Default)]
+pub struct BodyCredentials {
+    /// An urlencoded form body, parsed here with the query's grammar (Rack's
+    /// `parse_query(form_vars, '&')`: form bodies split on `&` only).
+    pub form: Option<bytes::Bytes>,
+    /// Decoded (parameter name, value) pairs from multipart parts and JSON keys, only those
+    /// whose name [`is_credential_param`].
+    pub fields: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl BodyCredentials {
+    pub fn form(form: bytes::Bytes) -> Self {
+        BodyCredentials {
+            form: Some(form),
+            fields: Vec::new(),
+        }
+    }
+
+    pub fn fields(fields: Vec<(Vec<u8>, Vec<u8>)>) -> Self {
+        BodyCredentials { form: None, fields }
+    }
+}
+
+impl fmt::Debug for BodyCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BodyCredentials")
+            .field("form_bytes", &self.form.as_ref().map(|b| b.len()))
+            .field("fields", &self.fields.len())
+            .finish()
+    }
+}
+
+/// Whether an already-decoded parameter name (a multipart part's name, a JSON key) names a
+/// credential, read like Rack's `normalize_params` (`job_token`, `job_token[]`,
+/// `[job_token]`, …).
+pub fn is_credential_param(name: &[u8]) -> bool {
+    decoded_param_carrier(name).is_some()
+}
+
+/// What a credential field found late in a streamed body (after the request was decided on
+/// its other credentials) is to the decision already made.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LateField {
+    /// Blank, or a personal/deploy credential: not a job-token candidate.
+    NotACandidate,
+    /// The job token the request was decided on.
+    SameAsDecided,
+    /// A job-token candidate the decision did not see (a job token or a value only the forge
+    /// could classify): too late to decide on.
+    Undecided,
+}
+
+/// Classify `value`, read from the body parameter `name`, against `decided`, the job token the
+/// request was decided on. A different job token is a conflict, as anywhere else.
+pub fn check_late_field(
+    name: &[u8],
+    value: &[u8],
+    decided: Option<&JobToken>,
+    prefixes: &[Box<str>],
+) -> Result<LateField, CredentialError> {
+    let Some(carrier) = decoded_param_carrier(name) else {
+        return Ok(LateField::NotACandidate);
+    };
+    let collector = Collector {
+        prefixes,
+        job: None,
+        unclassified: Vec::new(),
+    };
+    let Some(found) = collector.classify(value, carrier)? else {
+        return Ok(LateField::NotACandidate);
+    };
+    let same = decided.is_some_and(|t| *t == token_from_bytes(value));
+    Ok(match (found, decided) {
+        _ if same => LateField::SameAsDecided,
+        (Found::Job, Some(_)) => return Err(CredentialError::Conflicting),
+        _ => LateField::Undecided,
+    })
+}
+
+fn decoded_param_carrier(name: &[u8]) -> Option<Carrier> {
+    let start = name.iter().position(|&b| b != b'[' && b != b']')?;
+    let rest = &name[start..];
+    let end = rest
+        .iter()
+        .position(|&b| b == b'[' || b == b']')
+        .unwrap_or(rest.len());
+    carrier_named(&rest[..end])
 }
 
 fn extract_from<'a>(
     headers: &'a HeaderMap,
     query: Option<&'a str>,
+    body: Option<&'a BodyCredentials>,
     prefixes: &[Box<str>],
 ) -> Result<Credentials, CredentialError> {
     let mut found = Collector {
@@ -144,7 +250,17 @@ fn extract_from<'a>(
         }
     }
     if let Some(query) = query {
-        found.query(query.as_bytes())?;
+        found.query(query.as_bytes(), b"&;")?;
+    }
+    if let Some(body) = body {
+        if let Some(form) = &body.form {
+            found.query(form, b"&")?;
+        }
+        for (name, value) in &body.fields {
+            if let Some(carrier) = decoded_param_carrier(name) {
+                found.offer(value, carrier)?;
+            }
+        }
     }
     Ok(found.finish())
 }
@@ -327,9 +443,9 @@ impl<'a> Collector<'a, '_> {
     /// The query string, split like Rack 2.2's `QueryParser#parse_nested_query(qs, "&;")`:
     /// pairs separated by `/[&;] */n`, each split at its first `=`, key and value decoded
     /// with `URI.decode_www_form_component`. Rack keeps the last occurrence of a name; the
-    /// gateway checks them all.
-    fn query(&mut self, query: &'a [u8]) -> Result<(), CredentialError> {
-        for (i, pair) in query.split(|&b| b == b'&' || b == b';').enumerate() {
+    /// gateway checks them all. `separators`: `&;` for the query, `&` for a form body.
+    fn query(&mut self, query: &'a [u8], separators: &[u8]) -> Result<(), CredentialError> {
+        for (i, pair) in query.split(|b| separators.contains(b)).enumerate() {
             // The separator takes the spaces after it; the first pair keeps its own.
             let pair = if i == 0 {
                 pair
@@ -1413,6 +1529,46 @@ mod tests {
         // Repeats of one value are one value.
         let q = vec!["token=same"; 100].join("&");
         assert_eq!(run(&[], Some(&q)).unwrap().unclassified.len(), 1);
+    }
+
+    #[test]
+    fn late_body_fields() {
+        let p = prefixes();
+        let decided = JobToken::new(T1);
+        let check = |name: &str, value: &str, d: Option<&JobToken>| {
+            check_late_field(name.as_bytes(), value.as_bytes(), d, &p)
+        };
+        assert_eq!(
+            check("token", T1, Some(&decided)),
+            Ok(LateField::SameAsDecided)
+        );
+        assert_eq!(
+            check("job_token[]", T1, Some(&decided)),
+            Ok(LateField::SameAsDecided)
+        );
+        assert_eq!(
+            check("job_token", T2, Some(&decided)),
+            Err(CredentialError::Conflicting)
+        );
+        assert_eq!(
+            check("private_token", T2, Some(&decided)),
+            Err(CredentialError::Conflicting)
+        );
+        assert_eq!(check("job_token", T1, None), Ok(LateField::Undecided));
+        assert_eq!(
+            check("token", "glptt-x", Some(&decided)),
+            Ok(LateField::Undecided)
+        );
+        assert_eq!(
+            check("private_token", "glpat-x", None),
+            Ok(LateField::NotACandidate)
+        );
+        assert_eq!(check("token", "  ", None), Ok(LateField::NotACandidate));
+        assert_eq!(
+            check("content", T2, Some(&decided)),
+            Ok(LateField::NotACandidate)
+        );
+        assert!(malformed(check("job_token", "a b", None)));
     }
 
     #[test]

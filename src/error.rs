@@ -5,6 +5,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
+use crate::body::BodyError;
 use crate::credentials::CredentialError;
 use crate::decide::Limit;
 use crate::project::ProjectIdentity;
@@ -18,6 +19,14 @@ const RETRY_AFTER_SECS: &str = "5";
 pub enum GatewayError {
     #[error("{0}")]
     Credentials(#[from] CredentialError),
+
+    #[error("{0}")]
+    Body(#[from] BodyError),
+
+    #[error(
+        "the Connection header names {0}: a credential or framing header may not be hop-by-hop"
+    )]
+    ConnectionListsHeader(&'static str),
 
     #[error("undecodable target: {0}")]
     Target(#[from] TargetError),
@@ -71,7 +80,17 @@ fn describe_limit(limit: Limit, origin: &ProjectIdentity, target: &ProjectIdenti
 impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
-            GatewayError::Credentials(_) | GatewayError::Target(_) => StatusCode::BAD_REQUEST,
+            GatewayError::Credentials(_)
+            | GatewayError::Target(_)
+            | GatewayError::ConnectionListsHeader(_) => StatusCode::BAD_REQUEST,
+            GatewayError::Body(BodyError::TooLarge { .. } | BodyError::LateCredential { .. }) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            GatewayError::Body(BodyError::Encoded(_)) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            GatewayError::Body(BodyError::Malformed(_) | BodyError::Read) => {
+                StatusCode::BAD_REQUEST
+            }
+            GatewayError::Body(BodyError::Busy) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::OutOfScope { .. }
             | GatewayError::Unattributed { .. }
             | GatewayError::RegistryRefused { .. } => StatusCode::FORBIDDEN,
@@ -89,6 +108,13 @@ impl GatewayError {
             GatewayError::Credentials(CredentialError::Conflicting) => "conflicting_tokens",
             GatewayError::Credentials(_) => "malformed_credentials",
             GatewayError::Target(_) => "undecodable_target",
+            GatewayError::Body(BodyError::TooLarge { .. }) => "body_too_large",
+            GatewayError::Body(BodyError::Encoded(_)) => "body_encoded",
+            GatewayError::Body(BodyError::LateCredential { .. }) => "late_body_credential",
+            GatewayError::Body(BodyError::Malformed(_)) => "malformed_body",
+            GatewayError::Body(BodyError::Read) => "body_read_failed",
+            GatewayError::Body(BodyError::Busy) => "body_inspection_busy",
+            GatewayError::ConnectionListsHeader(_) => "connection_lists_header",
             GatewayError::OutOfScope {
                 limit: Limit::Outbound,
                 ..
@@ -122,6 +148,11 @@ impl GatewayError {
             self
         );
         let mut resp = json_response(status, &serde_json::json!({ "message": message }));
+        if matches!(self, GatewayError::ConnectionListsHeader(_)) {
+            // The client's idea of this connection's headers is not to be trusted further.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut().insert(
                 header::RETRY_AFTER,
@@ -168,6 +199,22 @@ mod tests {
                 403,
             ),
             (GatewayError::Unattributed { origin: o.clone() }, 403),
+            (
+                GatewayError::Body(BodyError::TooLarge {
+                    kind: "JSON",
+                    cap: 1,
+                }),
+                413,
+            ),
+            (GatewayError::Body(BodyError::Encoded("JSON")), 415),
+            (GatewayError::Body(BodyError::Malformed("x")), 400),
+            (GatewayError::Body(BodyError::Read), 400),
+            (GatewayError::Body(BodyError::Busy), 503),
+            (
+                GatewayError::Body(BodyError::LateCredential { cap: 1 }),
+                413,
+            ),
+            (GatewayError::ConnectionListsHeader("host"), 400),
             (GatewayError::InvalidToken, 401),
             (GatewayError::ForgeUnavailable("timeout".into()), 503),
             (GatewayError::UpstreamConnect("refused".into()), 502),

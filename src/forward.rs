@@ -12,6 +12,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
+use crate::body::ForwardBody;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::settings::{TimeoutSettings, Upstream};
@@ -60,6 +61,44 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Headers a client may not name in `Connection`: a hop-by-hop header is dropped before
+/// forwarding, so a credential named there would be decided on and never reach the forge,
+/// and a framing header (or the Content-Type the body was inspected by) would change how
+/// the forwarded request reads. The gateway decides once, on exactly what it forwards.
+const NOT_HOP_BY_HOP: [&str; 8] = [
+    "authorization",
+    "job-token",
+    "private-token",
+    "deploy-token",
+    "content-length",
+    "transfer-encoding",
+    "host",
+    "content-type",
+];
+
+/// The first header from [`NOT_HOP_BY_HOP`] the `Connection` header names (`_` and `-`
+/// compare equal, as Rack's env keys do), if any.
+pub fn connection_names_protected(headers: &HeaderMap) -> Option<&'static str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .find_map(|name| {
+            NOT_HOP_BY_HOP.into_iter().find(|p| {
+                p.len() == name.len()
+                    && p.bytes().zip(name).all(|(p, &n)| {
+                        let n = if n == b'_' {
+                            b'-'
+                        } else {
+                            n.to_ascii_lowercase()
+                        };
+                        p == n
+                    })
+            })
+        })
+}
+
 /// How the client reached the gateway: the listener's scheme (`X-Forwarded-Proto`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClientScheme {
@@ -84,7 +123,7 @@ pub struct ClientConn {
 }
 
 pub struct Forwarder {
-    client: Client<HttpsConnector<HttpConnector>, Incoming>,
+    client: Client<HttpsConnector<HttpConnector>, ForwardBody>,
     upstream: Upstream,
     response_timeout: Duration,
 }
@@ -108,7 +147,7 @@ impl Forwarder {
     /// Send `req` upstream with `path_and_query` as its target. The body streams as it arrives.
     pub async fn forward(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<ForwardBody>,
         path_and_query: &str,
         client: ClientConn,
         metrics: &Metrics,
@@ -289,6 +328,26 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn connection_may_not_name_credentials_or_framing() {
+        let conn = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONNECTION, HeaderValue::from_static(v));
+            connection_names_protected(&h)
+        };
+        assert_eq!(conn("close, JOB-TOKEN"), Some("job-token"));
+        assert_eq!(conn("Job_Token"), Some("job-token"));
+        assert_eq!(conn("keep-alive,Authorization"), Some("authorization"));
+        assert_eq!(conn("private-token"), Some("private-token"));
+        assert_eq!(conn(" content-length "), Some("content-length"));
+        assert_eq!(conn("Transfer-Encoding"), Some("transfer-encoding"));
+        assert_eq!(conn("host"), Some("host"));
+        assert_eq!(conn("close"), None);
+        assert_eq!(conn("keep-alive, Upgrade"), None);
+        assert_eq!(conn("TE, x-job-token"), None);
+        assert_eq!(connection_names_protected(&HeaderMap::new()), None);
     }
 
     #[test]

@@ -10,14 +10,16 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
+use http_body::Body as _;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use crate::authlog::AuthLog;
+use crate::body;
 use crate::credentials::{self, JobToken};
 use crate::decide::{decide, Decision, Mode};
 use crate::error::GatewayError;
-use crate::forward::{upstream_target, ClientConn, Forwarder};
+use crate::forward::{connection_names_protected, upstream_target, ClientConn, Forwarder};
 use crate::manage::{self, Manager};
 use crate::metrics::Metrics;
 use crate::origin::{OriginError, OriginResolver, TokenKind};
@@ -30,6 +32,12 @@ use crate::target::{self, RouteKind, Target};
 pub type ResponseBody = Either<Incoming, Full<Bytes>>;
 
 const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
+/// A request body on its way to the forward step.
+enum PendingBody {
+    Ready(body::ForwardBody),
+    Held(body::HeldBody),
+}
 
 /// A job token's origin, as far as the gateway knows it.
 #[derive(Clone, Debug)]
@@ -71,6 +79,8 @@ pub struct HandlerOptions {
     /// Job-token prefixes (`glcbt-` by default).
     pub prefixes: Vec<Box<str>>,
     pub max_url_bytes: usize,
+    /// Body inspection limits (`limits.max_inspected_body`, `limits.max_inspected_total`).
+    pub body_limits: body::Limits,
 }
 
 impl Gateway {
@@ -154,6 +164,10 @@ impl Gateway {
         client: ClientConn,
         outcome: &mut Outcome,
     ) -> Result<Response<ResponseBody>, GatewayError> {
+        // HTTP/1.1 only (HTTP/2 has no Connection header): see `connection_names_protected`.
+        if let Some(name) = connection_names_protected(req.headers()) {
+            return Err(GatewayError::ConnectionListsHeader(name));
+        }
         let path = req.uri().path();
         if let Some(manager) = self
             .manage
@@ -177,33 +191,81 @@ impl Gateway {
         if target_len > self.options.max_url_bytes {
             return Err(GatewayError::UriTooLong(self.options.max_url_bytes));
         }
+        // A request without a body (most GETs) has nothing to inspect.
+        let plan = match req.body().is_end_stream() {
+            true => body::Plan::Opaque,
+            false => body::plan(req.method(), req.headers())?,
+        };
+        let content_length = req
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+        let (parts, incoming) = req.into_parts();
         let snapshot = self.policy.load();
-        let creds = credentials::extract(req.headers(), req.uri().query(), &self.options.prefixes)?;
+        if plan != body::Plan::Opaque {
+            // A request its head already refuses is refused before its body is read (no
+            // `100 Continue`, no upload). Body credentials could only add a conflict.
+            let head =
+                credentials::extract(&parts.headers, parts.uri.query(), &self.options.prefixes)?;
+            if let Some((_, origin)) = self.job_token(&snapshot, head).await? {
+                let mut early = Outcome::default();
+                if let Err(refused) = self
+                    .decide_parts(&snapshot, &parts, &origin, &mut early, false)
+                    .await
+                {
+                    *outcome = early;
+                    return Err(refused);
+                }
+            }
+        }
+        // Bodies the forge takes parameters from are read (up to the cap) and searched before
+        // the decision; the bytes read are what is forwarded.
+        let inspected =
+            body::inspect(incoming, plan, content_length, &self.options.body_limits).await?;
+        let (pending, body_creds) = match inspected {
+            body::Inspected::Ready(b, creds) => (PendingBody::Ready(b), creds),
+            body::Inspected::Held(held) => (PendingBody::Held(held), None),
+        };
+        let creds = credentials::extract_with_body(
+            &parts.headers,
+            parts.uri.query(),
+            body_creds.as_ref(),
+            &self.options.prefixes,
+        )?;
+        drop(body_creds);
         let token = self.job_token(&snapshot, creds).await?;
-        let path = req.uri().path();
-        let query = req.uri().query();
 
         let Some((token, origin)) = token else {
             // No job token: personal, OAuth and anonymous traffic pass untouched.
-            let pq = upstream_target(path, None, query);
-            return self
-                .forwarder
-                .forward(req, &pq, client, &self.metrics)
-                .await;
+            let pq = upstream_target(parts.uri.path(), None, parts.uri.query());
+            return self.send(parts, pending, None, &pq, client).await;
         };
-        drop(token);
-        outcome.origin = Some(origin.project.clone());
+        let rewrite = self
+            .decide_parts(&snapshot, &parts, &origin, outcome, true)
+            .await?;
+        let pq = upstream_target(parts.uri.path(), rewrite, parts.uri.query());
+        drop(snapshot);
+        self.send(parts, pending, Some(token), &pq, client).await
+    }
 
-        let target = target::parse(req.method(), path, query)?;
+    /// Decide the request `parts` for a job token of `origin`: Ok with the path rewrite to
+    /// forward with, Err for every refusal. `record_all`: log and record every decision (else
+    /// only hard denials: the early pass before a body is read).
+    async fn decide_parts(
+        &self,
+        snapshot: &Snapshot,
+        parts: &http::request::Parts,
+        origin: &Origin,
+        outcome: &mut Outcome,
+        record_all: bool,
+    ) -> Result<Option<(std::ops::Range<usize>, u64)>, GatewayError> {
+        outcome.origin = Some(origin.project.clone());
+        let target = target::parse(&parts.method, parts.uri.path(), parts.uri.query())?;
         outcome.route = Some(target.kind());
         let (target_identity, rewrite, decision) = match &target {
             Target::ProjectLess => {
                 outcome.reason = "project_less_route";
-                let pq = upstream_target(path, None, query);
-                return self
-                    .forwarder
-                    .forward(req, &pq, client, &self.metrics)
-                    .await;
+                return Ok(None);
             }
             Target::Job { job_id } if origin.job_id == Some(*job_id) => {
                 let own = origin.project.clone();
@@ -218,7 +280,7 @@ impl Gateway {
             | Target::Job { .. } => {
                 outcome.decision = "deny";
                 return Err(GatewayError::Unattributed {
-                    origin: origin.project,
+                    origin: origin.project.clone(),
                 });
             }
             Target::Registry { service, scopes } => match decide_registry(
@@ -232,7 +294,7 @@ impl Gateway {
                 RegistryDecision::Refused(refusal) => {
                     outcome.decision = "deny";
                     return Err(GatewayError::RegistryRefused {
-                        origin: origin.project,
+                        origin: origin.project.clone(),
                         refusal,
                     });
                 }
@@ -286,31 +348,62 @@ impl Gateway {
         outcome.target = Some(target_identity.clone());
         outcome.decision = decision.label();
         outcome.reason = decision.reason();
-        self.authlog
-            .record(&origin.project, &target_identity, decision.label());
-        match decision {
-            Decision::Deny(limit) => {
-                return Err(GatewayError::OutOfScope {
-                    origin: origin.project,
-                    target: target_identity,
-                    limit,
-                });
-            }
-            Decision::WouldDeny(limit) => {
-                tracing::warn!(
-                    origin = %origin.project,
-                    target = %target_identity,
-                    limit = ?limit,
-                    "report-only: this request would be denied"
-                );
-            }
-            Decision::Allow(_) => {}
+        let hard_deny = matches!(decision, Decision::Deny(_));
+        if record_all || hard_deny {
+            self.authlog
+                .record(&origin.project, &target_identity, decision.label());
         }
-        let pq = upstream_target(path, rewrite, query);
-        drop(snapshot);
-        self.forwarder
-            .forward(req, &pq, client, &self.metrics)
-            .await
+        match decision {
+            Decision::Deny(limit) => Err(GatewayError::OutOfScope {
+                origin: origin.project.clone(),
+                target: target_identity,
+                limit,
+            }),
+            Decision::WouldDeny(limit) => {
+                if record_all {
+                    tracing::warn!(
+                        origin = %origin.project,
+                        target = %target_identity,
+                        limit = ?limit,
+                        "report-only: this request would be denied"
+                    );
+                }
+                Ok(rewrite)
+            }
+            Decision::Allow(_) => Ok(rewrite),
+        }
+    }
+
+    /// Forward the decided request. A held multipart body starts streaming only now, checked
+    /// against `decided` on the way; when its pump refused it (the upstream body was cut off
+    /// before its end), the client gets that refusal, not the forge's answer.
+    async fn send(
+        &self,
+        parts: http::request::Parts,
+        pending: PendingBody,
+        decided: Option<JobToken>,
+        pq: &str,
+        client: ClientConn,
+    ) -> Result<Response<Incoming>, GatewayError> {
+        let (body, verdict) = match pending {
+            PendingBody::Ready(body) => (body, None),
+            PendingBody::Held(held) => {
+                let (body, verdict) = held.start(decided, self.options.prefixes.clone());
+                (body, Some(verdict))
+            }
+        };
+        let result = self
+            .forwarder
+            .forward(Request::from_parts(parts, body), pq, client, &self.metrics)
+            .await;
+        // The pump sends its verdict before it releases or aborts the held-back bytes, so a
+        // refusal is known by the time the upstream could have answered the whole body. No
+        // verdict yet: the upstream answered before the body was complete (it never saw it
+        // whole), and its answer goes back.
+        if let Some(Ok(Err(refused))) = verdict.map(|mut v| v.try_recv()) {
+            return Err(refused);
+        }
+        result
     }
 
     /// The request's one job token and its origin, or None when it carries no job token.

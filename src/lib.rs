@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod authlog;
+pub mod body;
 pub mod cli;
 pub mod credentials;
 pub mod decide;
@@ -203,6 +204,10 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
                 .map(|p| p.clone().into_boxed_str())
                 .collect(),
             max_url_bytes: settings.limits.max_url_bytes,
+            body_limits: crate::body::Limits::new(
+                settings.limits.max_inspected_body,
+                settings.limits.max_inspected_total,
+            ),
         },
     );
     gateway.authlog = Arc::clone(&authlog);

@@ -113,6 +113,16 @@ pub struct LimitSettings {
     pub max_headers: usize,
     /// Request target length in bytes; past it: 414.
     pub max_url_bytes: usize,
+    /// Largest request body of a type the forge takes parameters from (urlencoded, multipart,
+    /// JSON, POST without Content-Type) that the gateway reads and inspects for credentials
+    /// before deciding. Such a body is held in memory while it is inspected; a larger one is
+    /// refused with 413, never forwarded unchecked, except multipart and JSON bodies, which
+    /// stream and are checked on the way (their end held back). Other bodies stream whatever
+    /// their size.
+    pub max_inspected_body: usize,
+    /// All bodies being inspected at once hold at most this many bytes together; past it a
+    /// request that needs its body inspected gets 503 with Retry-After.
+    pub max_inspected_total: usize,
     /// Concurrent HTTP/2 streams per connection.
     pub h2_max_concurrent_streams: u32,
     /// HTTP/2 streams reset by the client and not yet accepted (rapid-reset guard).
@@ -129,6 +139,8 @@ impl Default for LimitSettings {
             max_header_bytes: 64 * 1024,
             max_headers: 100,
             max_url_bytes: 8 * 1024,
+            max_inspected_body: 1024 * 1024,
+            max_inspected_total: 256 * 1024 * 1024,
             h2_max_concurrent_streams: 200,
             h2_max_pending_accept_reset_streams: 20,
             h2_max_local_error_reset_streams: 1024,
@@ -367,6 +379,14 @@ impl Settings {
         }
         if self.limits.max_header_bytes < 8192 {
             problems.push("limits.max_header_bytes must be at least 8192".into());
+        }
+        if self.limits.max_inspected_body == 0 {
+            problems.push("limits.max_inspected_body must be at least 1".into());
+        }
+        if self.limits.max_inspected_total <= self.limits.max_inspected_body {
+            problems.push(
+                "limits.max_inspected_total must be larger than limits.max_inspected_body".into(),
+            );
         }
         if self.limits.max_connections == 0 {
             problems.push("limits.max_connections must be at least 1".into());

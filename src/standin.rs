@@ -51,6 +51,10 @@ pub struct Recorded {
     pub headers: Vec<(String, String)>,
     pub body_len: u64,
     pub body_sha256: String,
+    /// Request trailers received after the body (names and values).
+    pub trailers: Vec<(String, String)>,
+    /// Whether the whole body arrived (false while it streams, or when it broke off).
+    pub body_complete: bool,
 }
 
 impl Recorded {
@@ -279,6 +283,8 @@ async fn serve(state: &State, mut req: Request<Incoming>) -> Response<Body> {
                 headers,
                 body_len: 0,
                 body_sha256: String::new(),
+                trailers: Vec::new(),
+                body_complete: false,
             });
             r.len() - 1
         }
@@ -301,6 +307,7 @@ async fn serve(state: &State, mut req: Request<Incoming>) -> Response<Body> {
     let mut body = req.into_body();
     let mut hasher = Sha256::new();
     let mut body_len = 0u64;
+    let mut trailers = Vec::new();
     while let Some(frame) = body.frame().await {
         match frame {
             Ok(frame) => {
@@ -308,12 +315,26 @@ async fn serve(state: &State, mut req: Request<Incoming>) -> Response<Body> {
                     hasher.update(data);
                     body_len += data.len() as u64;
                 }
+                if let Some(t) = frame.trailers_ref() {
+                    trailers.extend(t.iter().map(|(n, v)| {
+                        (
+                            n.as_str().to_string(),
+                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                        )
+                    }));
+                }
             }
             Err(_) => {
+                // What arrived before the body broke off (body_complete stays false).
+                if let Ok(mut r) = state.recorded.lock() {
+                    if let Some(rec) = r.get_mut(index) {
+                        rec.body_len = body_len;
+                    }
+                }
                 return json(
                     StatusCode::BAD_REQUEST,
                     serde_json::json!({"message": "body read failed"}),
-                )
+                );
             }
         }
     }
@@ -328,6 +349,8 @@ async fn serve(state: &State, mut req: Request<Incoming>) -> Response<Body> {
         if let Some(rec) = r.get_mut(index) {
             rec.body_len = body_len;
             rec.body_sha256 = body_sha256;
+            rec.trailers = trailers;
+            rec.body_complete = true;
         }
     }
     match (download, reset_after) {
@@ -512,6 +535,8 @@ fn record_lookup(state: &State, req: &Request<Incoming>) {
             headers,
             body_len: 0,
             body_sha256: String::new(),
+            trailers: Vec::new(),
+            body_complete: false,
         });
     }
 }
