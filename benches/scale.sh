@@ -62,9 +62,9 @@ say "scopegate check: ${CHECK_S} s, peak RSS $((CHECK_KIB / 1024)) MiB (read, pa
 if ! timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/18081" 2>/dev/null; then
   mkdir -p "$RUN/up/logs"
   [ -f /tmp/gwbench-big.bin ] || fallocate -l $((256 * 1024 * 1024)) /tmp/gwbench-big.bin
-  nginx -p "$RUN/up/" -c "$BENCH/upstream.nginx.conf" -e "$RUN/up/error.log" -g "pid $RUN/up/nginx.pid;" &
-  sleep 0.5
-  PIDS+=("$(cat "$RUN/up/nginx.pid")")
+  # The config runs nginx in the foreground (daemon off), so $! is its master.
+  nginx -p "$RUN/up/" -c "$BENCH/upstream.nginx.conf" -e "$RUN/up/error.log" &
+  PIDS+=("$!")
   wait_port 127.0.0.1:18081
 fi
 cat > "$RUN/settings.toml" <<EOF
