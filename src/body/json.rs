@@ -380,17 +380,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn names(fields: &Fields) -> Vec<(String, String)> {
-        fields
-            .iter()
-            .map(|(n, v)| {
-                (
-                    String::from_utf8_lossy(n).into_owned(),
-                    String::from_utf8_lossy(v).into_owned(),
-                )
-            })
-            .collect()
-    }
+    use super::super::field_names as names;
 
     #[test]
     fn json_top_level_credentials() {

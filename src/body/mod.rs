@@ -47,6 +47,20 @@ use multipart::{multipart_fields, Stepper};
 /// (parameter name, value) pairs read from a body: credential parameters only.
 type Fields = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// Fields as text, for the parsers' tests.
+#[cfg(test)]
+fn field_names(fields: &Fields) -> Vec<(String, String)> {
+    fields
+        .iter()
+        .map(|(n, v)| {
+            (
+                String::from_utf8_lossy(n).into_owned(),
+                String::from_utf8_lossy(v).into_owned(),
+            )
+        })
+        .collect()
+}
+
 /// Deepest JSON nesting accepted in an inspected body. Ruby's `JSON.parse` stops at 100
 /// (`max_nesting`), so nothing the forge accepts is refused; serde_json's own recursion
 /// limit (128) bounds the parser's stack either way.
