@@ -257,6 +257,8 @@ impl AuthLog {
         id: Option<u64>,
         path: Option<&str>,
     ) -> Result<Vec<Pair>, AuthLogError> {
+        // Readers see every decision made before they asked, whatever the flush interval.
+        self.flush().await;
         let Some(db) = &self.db else {
             return Ok(Vec::new());
         };
@@ -274,6 +276,7 @@ impl AuthLog {
 
     /// Every pair, most recently seen first (ops, on the admin listener).
     pub async fn all(&self) -> Result<Vec<Pair>, AuthLogError> {
+        self.flush().await;
         let Some(db) = &self.db else {
             return Ok(Vec::new());
         };
@@ -683,6 +686,20 @@ mod tests {
         }
         assert!(log.dropped() >= 98, "{}", log.dropped());
         log.flush().await;
+    }
+
+    #[tokio::test]
+    async fn readers_see_decisions_before_the_flush_interval() {
+        let s = AuthLogSettings {
+            flush_interval: Duration::from_secs(3600),
+            ..AuthLogSettings::default()
+        };
+        let (log, _w) = AuthLog::start(&s, Path::new(MEMORY), Counter::default()).unwrap();
+        log.record(&who(7, "o/p"), &who(1, "t/t"), "deny");
+        let pairs = log.for_target(Some(1), None).await.unwrap();
+        assert_eq!(pairs.len(), 1, "{pairs:?}");
+        assert_eq!(pairs[0].denied, 1);
+        assert_eq!(log.all().await.unwrap().len(), 1);
     }
 
     #[test]

@@ -240,7 +240,7 @@ impl Default for AuthLogSettings {
             enabled: true,
             max_pairs: 100_000,
             queue: 10_000,
-            flush_interval: Duration::from_secs(1),
+            flush_interval: Duration::from_secs(5),
         }
     }
 }
