@@ -14,9 +14,12 @@ use crate::target::{self, Target};
 pub fn check(args: &CheckArgs) -> ExitCode {
     let mut errors: Vec<String> = Vec::new();
     let mut limits = ScopeLimits { max_allowlist: 200 };
+    // Whether the settings name a lookup credential for unlisted paths (None: no settings given).
+    let mut lookup = None;
     let scopes = match (&args.config, &args.scopes) {
         (Some(config), _) => match Settings::load(config) {
             Ok(settings) => {
+                lookup = Some(settings.lookup_token_file.is_some());
                 if let Err(e) = settings.validate() {
                     errors.extend(
                         e.to_string()
@@ -47,6 +50,15 @@ pub fn check(args: &CheckArgs) -> ExitCode {
                 );
                 for w in &loaded.warnings {
                     println!("warning: {w}");
+                }
+                if !loaded.policy.defaults().inbound && lookup == Some(false) {
+                    println!(
+                        "warning: {}: [defaults] inbound = false and no lookup_token_file: a Git or \
+                         LFS request by a renamed project's old path is decided as an unlisted, \
+                         open project, while the forge serves the renamed project; set \
+                         lookup_token_file so the gateway asks the forge what such paths are",
+                        path.display()
+                    );
                 }
             }
             Err(e) => errors.extend(e.to_string().lines().map(str::to_string)),

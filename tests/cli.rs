@@ -117,3 +117,36 @@ fn demo_shows_one_allowed_and_one_denied_call() {
         "{stdout}"
     );
 }
+
+/// Open inbound defaults without a lookup credential leave renamed projects' old Git paths
+/// decided as unlisted, open projects: `check --config` says so; with the credential it does not.
+#[test]
+fn check_warns_about_old_paths_under_open_defaults_without_a_lookup() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("scopes.toml"),
+        "[defaults]\ninbound = false\n\n[[project]]\nid = 1\npath = \"acme/a\"\n",
+    )
+    .unwrap();
+    let config = dir.path().join("scopegate.toml");
+    let run = |settings: &str| {
+        std::fs::write(&config, settings).unwrap();
+        let out = scopegate()
+            .args(["check", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let without = run("upstream = \"http://127.0.0.1:1\"\nscopes = \"scopes.toml\"\n");
+    assert!(without.contains("lookup_token_file"), "{without}");
+    let with = run(
+        "upstream = \"http://127.0.0.1:1\"\nscopes = \"scopes.toml\"\nlookup_token_file = \"token\"\n",
+    );
+    assert!(!with.contains("lookup_token_file"), "{with}");
+}
