@@ -391,6 +391,17 @@ impl Settings {
         if self.limits.max_connections == 0 {
             problems.push("limits.max_connections must be at least 1".into());
         }
+        if let Some(file) = &self.lookup_token_file {
+            // Only whether a token is there: its value is never echoed.
+            match std::fs::read_to_string(file) {
+                Ok(t) if !t.trim().is_empty() => {}
+                Ok(_) => problems.push(format!("lookup_token_file {} is empty", file.display())),
+                Err(e) => problems.push(format!(
+                    "lookup_token_file {} cannot be read: {e}",
+                    file.display()
+                )),
+            }
+        }
         if self.authlog.enabled && (self.authlog.max_pairs == 0 || self.authlog.queue == 0) {
             problems.push("authlog.max_pairs and authlog.queue must be at least 1".into());
         }

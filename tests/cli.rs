@@ -145,6 +145,7 @@ fn check_warns_about_old_paths_under_open_defaults_without_a_lookup() {
     };
     let without = run("upstream = \"http://127.0.0.1:1\"\nscopes = \"scopes.toml\"\n");
     assert!(without.contains("lookup_token_file"), "{without}");
+    std::fs::write(dir.path().join("token"), "glpat-lookup\n").unwrap();
     let with = run(
         "upstream = \"http://127.0.0.1:1\"\nscopes = \"scopes.toml\"\nlookup_token_file = \"token\"\n",
     );
