@@ -184,16 +184,16 @@ struct Rig {
 }
 
 async fn rig(dialect: Dialect, scope_text: &str, git_root: Option<PathBuf>) -> Rig {
-    rig_with(dialect, scope_text, git_root, false).await
+    rig_with(dialect, scope_text, git_root, None).await
 }
 
-/// `lookup`: the gateway resolves unlisted Git/LFS/web paths with its own credential (the
-/// model's personal access token, in `lookup_token_file`).
+/// `lookup`: the gateway resolves unlisted Git/LFS/web paths with this credential of its own
+/// (in `lookup_token_file`; the model knows only its personal access token).
 async fn rig_with(
     dialect: Dialect,
     scope_text: &str,
     git_root: Option<PathBuf>,
-    lookup: bool,
+    lookup: Option<&str>,
 ) -> Rig {
     let world = world();
     let forge = ModelForge::start(world.clone(), dialect, git_root).await;
@@ -206,9 +206,9 @@ async fn rig_with(
         upstream: Some(forge.url()),
         scopes: Some(path),
         state_dir: dir.path().join("state"),
-        lookup_token_file: lookup.then(|| {
+        lookup_token_file: lookup.map(|token| {
             let file = dir.path().join("lookup-token");
-            std::fs::write(&file, format!("{}\n", model_forge::PAT)).unwrap();
+            std::fs::write(&file, format!("{token}\n")).unwrap();
             file
         }),
         ..Settings::default()
@@ -2231,7 +2231,13 @@ async fn open_defaults_old_git_paths_of_renamed_projects() {
 async fn open_defaults_with_lookup_old_paths_are_decided_as_the_renamed_project() {
     let variants = generate();
     let tmp = tempfile::tempdir().unwrap();
-    let rig = rig_with(OLD, &scopes(true), Some(make_repos(tmp.path())), true).await;
+    let rig = rig_with(
+        OLD,
+        &scopes(true),
+        Some(make_repos(tmp.path())),
+        Some(model_forge::PAT),
+    )
+    .await;
     let report = run(&rig, &variants).await;
     print_counts("rack2, open defaults, lookup", &report);
     assert!(report.unmet.is_empty(), "{:#?}", report.unmet);
@@ -2252,6 +2258,37 @@ async fn open_defaults_with_lookup_old_paths_are_decided_as_the_renamed_project(
         after[before..].iter().all(|s| s.served.is_empty()),
         "a denied clone reached the forge: {:#?}",
         &after[before..]
+    );
+}
+
+/// A lookup the forge refuses (a wrong lookup credential) fails closed: 503 with Retry-After,
+/// and the Git request never reaches the forge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_lookup_fails_closed() {
+    let rig = rig_with(OLD, &scopes(true), None, Some("glpat-wrong-lookup-token")).await;
+    let basic =
+        base64::engine::general_purpose::STANDARD.encode(format!("gitlab-ci-token:{OTHER}"));
+    let req = format!(
+        "GET /{OLD_VAULT}.git/info/refs?service=git-upload-pack HTTP/1.1\r\nHost: x\r\n\
+         Authorization: Basic {basic}\r\nX-Variant: failed-lookup\r\nConnection: close\r\n\r\n"
+    );
+    let mut stream = tokio::net::TcpStream::connect(rig.gw.listen).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stream, req.as_bytes())
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut answer)
+        .await
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after"),
+        "{answer}"
+    );
+    assert!(
+        rig.forge.seen_for("failed-lookup").is_empty(),
+        "the Git request reached the forge"
     );
 }
 
