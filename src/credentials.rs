@@ -305,7 +305,7 @@ fn header_kind(name: &[u8]) -> Option<HeaderKind> {
 }
 
 /// `name` equals `want` (lower case, `-` separated) the way Rack's env keys compare.
-fn rack_header_eq(name: &[u8], want: &[u8]) -> bool {
+pub(crate) fn rack_header_eq(name: &[u8], want: &[u8]) -> bool {
     name.len() == want.len()
         && name.iter().zip(want).all(|(&n, &w)| {
             let n = if n == b'_' {

@@ -85,17 +85,9 @@ pub fn connection_names_protected(headers: &HeaderMap) -> Option<&'static str> {
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
         .map(<[u8]>::trim_ascii)
         .find_map(|name| {
-            NOT_HOP_BY_HOP.into_iter().find(|p| {
-                p.len() == name.len()
-                    && p.bytes().zip(name).all(|(p, &n)| {
-                        let n = if n == b'_' {
-                            b'-'
-                        } else {
-                            n.to_ascii_lowercase()
-                        };
-                        p == n
-                    })
-            })
+            NOT_HOP_BY_HOP
+                .into_iter()
+                .find(|p| crate::credentials::rack_header_eq(name, p.as_bytes()))
         })
 }
 

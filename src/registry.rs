@@ -48,7 +48,7 @@ impl Refusal {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RegistryDecision {
     /// Every scope was decided; `decision` is the strictest of them and `target` the project it
-    /// was made on (the first denied one, else the last decided).
+    /// was made on (the first one decided that strictly).
     Decided {
         target: ProjectIdentity,
         decision: Decision,
@@ -117,14 +117,6 @@ fn is_origin(origin: &ProjectIdentity, candidate: &ProjectRef) -> bool {
     }
 }
 
-fn rank(d: &Decision) -> u8 {
-    match d {
-        Decision::Allow(_) => 0,
-        Decision::WouldDeny(_) => 1,
-        Decision::Deny(_) => 2,
-    }
-}
-
 fn keep_strictest(
     slot: &mut Option<(ProjectIdentity, Decision)>,
     target: ProjectIdentity,
@@ -132,7 +124,7 @@ fn keep_strictest(
 ) {
     let replace = match slot {
         None => true,
-        Some((_, current)) => rank(&decision) > rank(current),
+        Some((_, current)) => decision.strictness() > current.strictness(),
     };
     if replace {
         *slot = Some((target, decision));

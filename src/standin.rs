@@ -258,21 +258,7 @@ async fn serve(state: &State, mut req: Request<Incoming>) -> Response<Body> {
         return resp;
     }
     let method = req.method().to_string();
-    let target = req
-        .uri()
-        .path_and_query()
-        .map(|pq| pq.as_str().to_string())
-        .unwrap_or_default();
-    let headers = req
-        .headers()
-        .iter()
-        .map(|(n, v)| {
-            (
-                n.as_str().to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
+    let (target, headers) = target_and_headers(&req);
     // Recorded on arrival, so that a request that reached the forge counts even if its body
     // never completes.
     let index = match state.recorded.lock() {
@@ -512,7 +498,8 @@ async fn job_lookup(state: &State, req: &Request<Incoming>) -> Response<Body> {
 // ---------------------------------------------------------------------------------------------
 // Users, projects and groups.
 
-fn record_lookup(state: &State, req: &Request<Incoming>) {
+/// What a recorded request carried: its target (path and query) and its headers as text.
+fn target_and_headers(req: &Request<Incoming>) -> (String, Vec<(String, String)>) {
     let target = req
         .uri()
         .path_and_query()
@@ -528,6 +515,11 @@ fn record_lookup(state: &State, req: &Request<Incoming>) {
             )
         })
         .collect();
+    (target, headers)
+}
+
+fn record_lookup(state: &State, req: &Request<Incoming>) {
+    let (target, headers) = target_and_headers(req);
     if let Ok(mut r) = state.recorded.lock() {
         r.push(Recorded {
             method: req.method().to_string(),
