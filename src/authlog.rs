@@ -49,15 +49,6 @@ impl From<rusqlite::Error> for AuthLogError {
     }
 }
 
-/// One decision as the handler reports it.
-#[derive(Debug)]
-struct Event {
-    target: ProjectIdentity,
-    origin: ProjectIdentity,
-    kind: Kind,
-    at_ms: i64,
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     Allowed,
@@ -66,7 +57,8 @@ enum Kind {
 }
 
 enum Msg {
-    Event(Event),
+    /// The pending pairs reached a batch: write them now.
+    Write,
     Flush(oneshot::Sender<()>),
 }
 
@@ -139,18 +131,41 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// How a project is keyed: by id when known (ids survive renames), else by path.
-fn key(p: &ProjectIdentity) -> Option<String> {
-    match (p.id, p.path.as_deref()) {
-        (Some(id), _) => Some(format!("id:{id}")),
-        (None, Some(path)) => Some(format!("path:{path}")),
-        (None, None) => None,
+/// How a project is keyed: by id when known (ids survive renames), else by path. Stored as
+/// `id:<id>` or `path:<path>` (its `Display`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum PairKey {
+    Id(u64),
+    Path(Box<str>),
+}
+
+impl PairKey {
+    fn of(p: &ProjectIdentity) -> Option<PairKey> {
+        match (p.id, &p.path) {
+            (Some(id), _) => Some(PairKey::Id(id)),
+            (None, Some(path)) => Some(PairKey::Path(path.clone())),
+            (None, None) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for PairKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PairKey::Id(id) => write!(f, "id:{id}"),
+            PairKey::Path(path) => write!(f, "path:{path}"),
+        }
     }
 }
 
 /// The log's handle: cheap to record to, shared by the handler, the APIs and the writer.
 pub struct AuthLog {
     tx: Option<mpsc::Sender<Msg>>,
+    /// Decisions aggregated per pair until the writer takes them: recording is a map update
+    /// under a short lock, not a message and a wake-up per request.
+    pending: Arc<Mutex<Pending>>,
+    /// Distinct pairs pending at most (`authlog.queue`); a new pair beyond is dropped.
+    max_pending: usize,
     db: Option<Arc<Mutex<Connection>>>,
     dropped: Counter,
     written: AtomicU64,
@@ -170,6 +185,8 @@ impl AuthLog {
     pub fn disabled() -> AuthLog {
         AuthLog {
             tx: None,
+            pending: Arc::default(),
+            max_pending: 0,
             db: None,
             dropped: Counter::default(),
             written: AtomicU64::new(0),
@@ -187,15 +204,19 @@ impl AuthLog {
         }
         let conn = open(state_dir, true)?;
         let db = Arc::new(Mutex::new(conn));
-        let (tx, rx) = mpsc::channel(settings.queue.max(1));
+        let (tx, rx) = mpsc::channel(16);
+        let pending: Arc<Mutex<Pending>> = Arc::default();
         let log = Arc::new(AuthLog {
             tx: Some(tx),
+            pending: Arc::clone(&pending),
+            max_pending: settings.queue.max(1),
             db: Some(Arc::clone(&db)),
             dropped,
             written: AtomicU64::new(0),
         });
         let writer = tokio::spawn(writer(
             rx,
+            pending,
             db,
             Arc::downgrade(&log),
             settings.flush_interval,
@@ -220,14 +241,22 @@ impl AuthLog {
             "would_deny" => Kind::WouldDeny,
             _ => Kind::Denied,
         };
-        let event = Event {
-            target: target.clone(),
-            origin: origin.clone(),
-            kind,
-            at_ms: now_ms(),
+        let (Some(tk), Some(ok)) = (PairKey::of(target), PairKey::of(origin)) else {
+            return;
         };
-        if tx.try_send(Msg::Event(event)).is_err() {
+        let at_ms = now_ms();
+        let (added, batch_full) = {
+            // A panic elsewhere while holding the lock leaves counters only: keep going.
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let added = pending.add((tk, ok), target, origin, kind, at_ms, self.max_pending);
+            (added, pending.pairs.len() >= BATCH.min(self.max_pending))
+        };
+        if !added {
             self.dropped.inc();
+        }
+        if batch_full {
+            // Best effort: a nudge already queued is as good.
+            let _ = tx.try_send(Msg::Write);
         }
     }
 
@@ -420,70 +449,79 @@ pub fn query_all(conn: &Connection) -> Result<Vec<Pair>, AuthLogError> {
 /// Aggregated, not yet written.
 #[derive(Default)]
 struct Pending {
-    pairs: HashMap<(String, String), Pair>,
+    pairs: HashMap<(PairKey, PairKey), Pair>,
     events: u64,
 }
 
 impl Pending {
-    fn add(&mut self, e: Event) {
-        let (Some(tk), Some(ok)) = (key(&e.target), key(&e.origin)) else {
-            return;
+    /// Count one decision for the (target, origin) pair `key`. False when the pair is new and
+    /// `max_pairs` are already pending: the decision is dropped.
+    fn add(
+        &mut self,
+        key: (PairKey, PairKey),
+        target: &ProjectIdentity,
+        origin: &ProjectIdentity,
+        kind: Kind,
+        at_ms: i64,
+        max_pairs: usize,
+    ) -> bool {
+        let full = self.pairs.len() >= max_pairs;
+        let p = match self.pairs.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(_) if full => return false,
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(Pair {
+                first_seen_ms: at_ms,
+                last_seen_ms: at_ms,
+                ..Pair::default()
+            }),
         };
         self.events += 1;
-        let p = self.pairs.entry((tk, ok)).or_insert_with(|| Pair {
-            first_seen_ms: e.at_ms,
-            last_seen_ms: e.at_ms,
-            ..Pair::default()
-        });
-        p.target_id = p.target_id.or(e.target.id);
+        p.target_id = p.target_id.or(target.id);
         if p.target_path.is_none() {
-            p.target_path = e.target.path.as_deref().map(str::to_owned);
+            p.target_path = target.path.as_deref().map(str::to_owned);
         }
-        p.origin_id = p.origin_id.or(e.origin.id);
+        p.origin_id = p.origin_id.or(origin.id);
         if p.origin_path.is_none() {
-            p.origin_path = e.origin.path.as_deref().map(str::to_owned);
+            p.origin_path = origin.path.as_deref().map(str::to_owned);
         }
-        p.first_seen_ms = p.first_seen_ms.min(e.at_ms);
-        p.last_seen_ms = p.last_seen_ms.max(e.at_ms);
-        match e.kind {
+        p.first_seen_ms = p.first_seen_ms.min(at_ms);
+        p.last_seen_ms = p.last_seen_ms.max(at_ms);
+        match kind {
             Kind::Allowed => p.allowed += 1,
             Kind::Denied => p.denied += 1,
             Kind::WouldDeny => p.would_deny += 1,
         }
+        true
     }
 }
 
 async fn writer(
     mut rx: mpsc::Receiver<Msg>,
+    pending: Arc<Mutex<Pending>>,
     db: Arc<Mutex<Connection>>,
     log: std::sync::Weak<AuthLog>,
     every: Duration,
     max_pairs: usize,
 ) {
-    let mut pending = Pending::default();
+    let take = || std::mem::take(&mut *pending.lock().unwrap_or_else(|e| e.into_inner()));
     let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let msg = tokio::select! {
             msg = rx.recv() => msg,
             _ = tick.tick() => {
-                pending = write(pending, &db, &log, max_pairs).await;
+                write(take(), &db, &log, max_pairs).await;
                 continue;
             }
         };
         match msg {
-            Some(Msg::Event(e)) => {
-                pending.add(e);
-                if pending.pairs.len() >= BATCH {
-                    pending = write(pending, &db, &log, max_pairs).await;
-                }
-            }
+            Some(Msg::Write) => write(take(), &db, &log, max_pairs).await,
             Some(Msg::Flush(ack)) => {
-                pending = write(pending, &db, &log, max_pairs).await;
+                write(take(), &db, &log, max_pairs).await;
                 let _ = ack.send(());
             }
             None => {
-                write(pending, &db, &log, max_pairs).await;
+                write(take(), &db, &log, max_pairs).await;
                 return;
             }
         }
@@ -497,9 +535,9 @@ async fn write(
     db: &Arc<Mutex<Connection>>,
     log: &std::sync::Weak<AuthLog>,
     max_pairs: usize,
-) -> Pending {
+) {
     if pending.pairs.is_empty() {
-        return pending;
+        return;
     }
     let events = pending.events;
     let db = Arc::clone(db);
@@ -520,12 +558,11 @@ async fn write(
         }
         Err(e) => tracing::error!(error = %e, "authorization log: a batch could not be written"),
     }
-    Pending::default()
 }
 
 fn write_batch(
     conn: &mut Connection,
-    pairs: HashMap<(String, String), Pair>,
+    pairs: HashMap<(PairKey, PairKey), Pair>,
     max_pairs: usize,
 ) -> Result<(), AuthLogError> {
     let tx = conn.transaction()?;
@@ -549,8 +586,8 @@ fn write_batch(
         let count = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         for ((tk, ok), p) in pairs {
             upsert.execute(params![
-                tk,
-                ok,
+                tk.to_string(),
+                ok.to_string(),
                 int(p.target_id),
                 p.target_path,
                 int(p.origin_id),

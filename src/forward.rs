@@ -108,32 +108,74 @@ impl ClientScheme {
 }
 
 /// One client connection: who connected and over what.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ClientConn {
     pub addr: SocketAddr,
     pub scheme: ClientScheme,
+    /// `X-Forwarded-For` for every request of this connection, rendered once.
+    forwarded_for: HeaderValue,
 }
 
+impl ClientConn {
+    pub fn new(addr: SocketAddr, scheme: ClientScheme) -> Self {
+        ClientConn {
+            addr,
+            scheme,
+            forwarded_for: ip_header(addr),
+        }
+    }
+}
+
+thread_local! {
+    /// Which of the forwarder's pools this thread uses: 0 outside the server's workers.
+    static POOL: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Called once by server worker `index` on its thread: its requests use their own pool, whose
+/// connections are driven by tasks on that worker's runtime (no cross-thread wake-ups).
+pub fn set_worker(index: usize) {
+    POOL.set(index + 1);
+}
+
+type PooledClient = Client<HttpsConnector<HttpConnector>, ForwardBody>;
+
 pub struct Forwarder {
-    client: Client<HttpsConnector<HttpConnector>, ForwardBody>,
+    /// One pool per worker thread, plus one (index 0) for every other thread.
+    clients: Box<[PooledClient]>,
     upstream: Upstream,
     response_timeout: Duration,
 }
 
 impl Forwarder {
-    /// `tls` is used when the upstream is `https://`.
-    pub fn new(upstream: Upstream, timeouts: &TimeoutSettings, tls: rustls::ClientConfig) -> Self {
+    /// `tls` is used when the upstream is `https://`; `workers` pools are made for the server's
+    /// worker threads.
+    pub fn new(
+        upstream: Upstream,
+        timeouts: &TimeoutSettings,
+        tls: rustls::ClientConfig,
+        workers: usize,
+    ) -> Self {
         let connector = crate::tls::https_connector(tls, timeouts.upstream_connect);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(timeouts.upstream_idle)
-            .pool_max_idle_per_host(1024)
-            .build(connector);
+        let clients = (0..=workers)
+            .map(|_| {
+                Client::builder(TokioExecutor::new())
+                    .pool_timer(TokioTimer::new())
+                    .pool_idle_timeout(timeouts.upstream_idle)
+                    .pool_max_idle_per_host(1024)
+                    .build(connector.clone())
+            })
+            .collect();
         Forwarder {
-            client,
+            clients,
             upstream,
             response_timeout: timeouts.upstream_response,
         }
+    }
+
+    /// This thread's pool (the worker's own, else the shared one).
+    fn client(&self) -> &PooledClient {
+        let index = POOL.get();
+        self.clients.get(index).unwrap_or(&self.clients[0])
     }
 
     /// Send `req` upstream with `path_and_query` as its target. The body streams as it arrives.
@@ -141,7 +183,7 @@ impl Forwarder {
         &self,
         mut req: Request<ForwardBody>,
         path_and_query: &str,
-        client: ClientConn,
+        client: &ClientConn,
         metrics: &Metrics,
     ) -> Result<Response<Incoming>, GatewayError> {
         let uri = Uri::builder()
@@ -179,14 +221,14 @@ impl Forwarder {
             }
         }
         // Replace whatever the client claimed: only the gateway knows who connected.
-        headers.insert(X_FORWARDED_FOR, ip_header(client.addr));
+        headers.insert(X_FORWARDED_FOR, client.forwarded_for.clone());
         headers.insert(
             X_FORWARDED_PROTO,
             HeaderValue::from_static(client.scheme.as_str()),
         );
 
         let mut resp =
-            match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
+            match tokio::time::timeout(self.response_timeout, self.client().request(req)).await {
                 Err(_) => {
                     metrics.upstream_error("timeout");
                     return Err(GatewayError::UpstreamTimeout);

@@ -108,7 +108,7 @@ impl Gateway {
     pub async fn handle(
         &self,
         req: Request<Incoming>,
-        client: ClientConn,
+        client: &ClientConn,
     ) -> Response<ResponseBody> {
         let started = Instant::now();
         let request_id = self.request_ids.next();
@@ -129,12 +129,12 @@ impl Gateway {
                 };
                 outcome.reason = err.reason();
                 if err.status().is_server_error() {
-                    tracing::warn!(request_id = %request_id, error = %err, "request failed");
+                    tracing::warn!(request_id = request_id.as_str(), error = %err, "request failed");
                 }
                 err.to_response().map(Either::Right)
             }
         };
-        if let Ok(v) = HeaderValue::from_str(&request_id) {
+        if let Ok(v) = HeaderValue::from_bytes(request_id.as_str().as_bytes()) {
             resp.headers_mut().insert(X_REQUEST_ID, v);
         }
         let elapsed = started.elapsed();
@@ -143,7 +143,7 @@ impl Gateway {
         // Only bounded, token-free fields: never the URL (its query may carry credentials).
         tracing::info!(
             target: "scopegate::access",
-            request_id = %request_id,
+            request_id = request_id.as_str(),
             method = %method,
             route = outcome.route.map(RouteKind::as_str).unwrap_or("-"),
             origin = %DisplayOpt(outcome.origin.as_ref()),
@@ -161,7 +161,7 @@ impl Gateway {
     async fn route(
         &self,
         req: Request<Incoming>,
-        client: ClientConn,
+        client: &ClientConn,
         outcome: &mut Outcome,
     ) -> Result<Response<ResponseBody>, GatewayError> {
         // HTTP/1.1 only (HTTP/2 has no Connection header): see `connection_names_protected`.
@@ -184,7 +184,7 @@ impl Gateway {
     async fn enforce(
         &self,
         req: Request<Incoming>,
-        client: ClientConn,
+        client: &ClientConn,
         outcome: &mut Outcome,
     ) -> Result<Response<Incoming>, GatewayError> {
         let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
@@ -383,7 +383,7 @@ impl Gateway {
         pending: PendingBody,
         decided: Option<JobToken>,
         pq: &str,
-        client: ClientConn,
+        client: &ClientConn,
     ) -> Result<Response<Incoming>, GatewayError> {
         let (body, verdict) = match pending {
             PendingBody::Ready(body) => (body, None),
@@ -491,8 +491,58 @@ impl RequestIds {
         }
     }
 
-    fn next(&self) -> String {
+    fn next(&self) -> RequestId {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        format!("{:016x}{:08x}", self.prefix, n)
+        // `{prefix:016x}{n:08x}` without the formatting machinery: this runs on every request.
+        let mut id = RequestId {
+            hex: [0; 32],
+            len: 0,
+        };
+        id.push_hex(self.prefix, 16);
+        id.push_hex(n, 8);
+        id
+    }
+}
+
+/// A request id: lowercase hex, at most 32 characters.
+struct RequestId {
+    hex: [u8; 32],
+    len: usize,
+}
+
+impl RequestId {
+    /// Append `value` in hex, at least `width` digits.
+    fn push_hex(&mut self, value: u64, width: usize) {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let digits = (16 - value.leading_zeros() as usize / 4).max(width).min(16);
+        for i in (0..digits).rev() {
+            self.hex[self.len] = DIGITS[((value >> (i * 4)) & 0xf) as usize];
+            self.len += 1;
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        // Only ASCII hex digits are ever written.
+        std::str::from_utf8(&self.hex[..self.len]).unwrap_or("-")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_read_as_the_formatted_prefix_and_counter() {
+        let ids = RequestIds::new();
+        for n in [0u64, 1, 0xabc, u64::from(u32::MAX), 1 << 40] {
+            ids.counter.store(n, Ordering::Relaxed);
+            assert_eq!(ids.next().as_str(), format!("{:016x}{:08x}", ids.prefix, n));
+        }
+        let mut small = RequestId {
+            hex: [0; 32],
+            len: 0,
+        };
+        small.push_hex(0, 16);
+        assert_eq!(small.as_str(), "0000000000000000");
     }
 }

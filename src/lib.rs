@@ -16,6 +16,7 @@ pub mod explain;
 pub mod forward;
 pub mod fuzzing;
 pub mod handler;
+pub mod listen;
 pub mod manage;
 pub mod metrics;
 pub mod origin;
@@ -173,7 +174,12 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         }
         None => None,
     };
-    let forwarder = Forwarder::new(upstream, &settings.timeouts, upstream_tls.clone());
+    let forwarder = Forwarder::new(
+        upstream,
+        &settings.timeouts,
+        upstream_tls.clone(),
+        settings.worker_threads(),
+    );
     let (authlog, _writer) = AuthLog::start(
         &settings.authlog,
         &settings.state_dir,
@@ -215,7 +221,11 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     gateway.renames = renames;
     let gateway = Arc::new(gateway);
 
-    let main_listener = bind(settings.listen).await?;
+    let main_listener =
+        listen::bind_shared(settings.listen).map_err(|source| StartError::Bind {
+            addr: settings.listen,
+            source,
+        })?;
     let admin_listener = bind(settings.admin).await?;
     let listen = main_listener
         .local_addr()
@@ -244,6 +254,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         "http"
     };
     let options = server::ServerOptions {
+        workers: settings.worker_threads(),
         timeouts: settings.timeouts.clone(),
         limits: settings.limits.clone(),
         tls: listener_tls,
@@ -285,9 +296,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { addr, source })
+    listen::bind(addr).map_err(|source| StartError::Bind { addr, source })
 }
 
 /// `scopegate run`: start, then handle signals until told to stop. SIGHUP reloads, SIGTERM

@@ -26,6 +26,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 
 pub struct ServerOptions {
+    /// Threads serving the listener, each with its own runtime (at least one).
+    pub workers: usize,
     pub timeouts: TimeoutSettings,
     pub limits: LimitSettings,
     /// TLS termination; None serves cleartext.
@@ -63,84 +65,175 @@ fn connection_builder(options: &ServerOptions) -> auto::Builder<TokioExecutor> {
 }
 
 /// Serve until `shutdown` fires, then stop accepting and drain open connections under the deadline.
+///
+/// The listener is served by `workers` threads, each with its own single-threaded runtime and
+/// (on Linux) its own `SO_REUSEPORT` socket: a connection lives on one thread from accept to
+/// close, with its upstream connections, so a request crosses no thread and wakes no other
+/// worker (nginx's worker processes, Pingora's and Envoy's thread-per-core model).
 pub async fn serve(
     listener: TcpListener,
     gateway: Arc<Gateway>,
     options: ServerOptions,
     shutdown: CancellationToken,
 ) {
-    let graceful = GracefulShutdown::new();
-    let builder = connection_builder(&options);
-    // At the limit the loop stops accepting: new clients wait in the kernel's backlog.
+    // If this future is dropped (its runtime shut down), the workers stop too.
+    let stop = shutdown.child_token();
+    let _stop_workers = stop.clone().drop_guard();
+    let options = Arc::new(options);
+    // At the limit the workers stop accepting: new clients wait in the kernel's backlog.
     let slots = Arc::new(Semaphore::new(options.limits.max_connections));
+    let listeners = worker_listeners(listener, options.workers);
+    let mut finished = Vec::with_capacity(listeners.len());
+    for (index, listener) in listeners.into_iter().enumerate() {
+        let (done, finished_rx) = tokio::sync::oneshot::channel::<()>();
+        let worker = Worker {
+            index,
+            gateway: Arc::clone(&gateway),
+            options: Arc::clone(&options),
+            slots: Arc::clone(&slots),
+            shutdown: stop.clone(),
+        };
+        let spawned = std::thread::Builder::new()
+            .name(format!("scopegate-worker-{index}"))
+            .spawn(move || {
+                worker.run(listener);
+                drop(done);
+            });
+        match spawned {
+            Ok(_) => finished.push(finished_rx),
+            Err(e) => tracing::error!(error = %e, index, "cannot start a worker thread"),
+        }
+    }
+    for worker in finished {
+        // Err only means the worker is gone, which is what is waited for.
+        let _ = worker.await;
+    }
+}
 
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            permit = Arc::clone(&slots).acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, client) = match accepted {
-            Ok(pair) => pair,
+/// One listening socket per worker: `SO_REUSEPORT` siblings of `listener` where the platform
+/// has them (the kernel spreads new connections evenly), else clones of the one socket.
+fn worker_listeners(listener: TcpListener, workers: usize) -> Vec<std::net::TcpListener> {
+    let Ok(first) = listener.into_std() else {
+        tracing::error!("cannot take the listener out of the runtime");
+        return Vec::new();
+    };
+    let addr = first.local_addr().ok();
+    let mut all = Vec::with_capacity(workers.max(1));
+    for _ in 1..workers.max(1) {
+        let sibling = addr
+            .and_then(|addr| crate::listen::reuse_port_sibling(addr).ok())
+            .or_else(|| first.try_clone().ok());
+        match sibling {
+            Some(l) => all.push(l),
+            None => tracing::warn!("cannot open another listening socket; fewer workers serve"),
+        }
+    }
+    all.insert(0, first);
+    all
+}
+
+/// What one worker thread needs to serve its listener.
+struct Worker {
+    index: usize,
+    gateway: Arc<Gateway>,
+    options: Arc<ServerOptions>,
+    slots: Arc<Semaphore>,
+    shutdown: CancellationToken,
+}
+
+impl Worker {
+    fn run(self, listener: std::net::TcpListener) {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
             Err(e) => {
-                // Out of file descriptors and similar: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                drop(permit);
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-                continue;
+                tracing::error!(error = %e, worker = self.index, "cannot start a worker runtime");
+                return;
             }
         };
-        let _ = stream.set_nodelay(true);
-        // The handshake runs in the connection's own task: a silent client delays nobody else,
-        // and holds its slot at most `handshake_timeout`.
-        let watcher = graceful.watcher();
-        let builder = builder.clone();
-        let gw = Arc::clone(&gateway);
-        let tls = options.tls.clone();
-        tokio::spawn(async move {
-            gw.metrics.connection_opened();
-            match tls {
-                None => {
-                    let conn = ClientConn {
-                        addr: client,
-                        scheme: ClientScheme::Http,
-                    };
-                    serve_connection(stream, conn, &builder, watcher, &gw).await;
+        crate::forward::set_worker(self.index);
+        runtime.block_on(async move {
+            match TcpListener::from_std(listener) {
+                Ok(listener) => self.accept_loop(listener).await,
+                Err(e) => {
+                    tracing::error!(error = %e, worker = self.index, "cannot register the listener")
                 }
-                Some(tls) => {
-                    match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream))
+            }
+        });
+    }
+
+    async fn accept_loop(self, listener: TcpListener) {
+        let options = &self.options;
+        let graceful = GracefulShutdown::new();
+        let builder = connection_builder(options);
+        let shutdown = &self.shutdown;
+        loop {
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                permit = Arc::clone(&self.slots).acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = listener.accept() => accepted,
+            };
+            let (stream, client) = match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and similar: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    drop(permit);
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            // The handshake runs in the connection's own task: a silent client delays nobody
+            // else, and holds its slot at most `handshake_timeout`.
+            let watcher = graceful.watcher();
+            let builder = builder.clone();
+            let gw = Arc::clone(&self.gateway);
+            let tls = options.tls.clone();
+            tokio::spawn(async move {
+                gw.metrics.connection_opened();
+                match tls {
+                    None => {
+                        let conn = ClientConn::new(client, ClientScheme::Http);
+                        serve_connection(stream, conn, &builder, watcher, &gw).await;
+                    }
+                    Some(tls) => {
+                        match tokio::time::timeout(
+                            tls.handshake_timeout,
+                            tls.acceptor.accept(stream),
+                        )
                         .await
-                    {
-                        Ok(Ok(stream)) => {
-                            let conn = ClientConn {
-                                addr: client,
-                                scheme: ClientScheme::Https,
-                            };
-                            serve_connection(stream, conn, &builder, watcher, &gw).await;
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(%client, error = %e, "TLS handshake failed");
-                        }
-                        Err(_) => {
-                            tracing::debug!(%client, "TLS handshake timed out");
+                        {
+                            Ok(Ok(stream)) => {
+                                let conn = ClientConn::new(client, ClientScheme::Https);
+                                serve_connection(stream, conn, &builder, watcher, &gw).await;
+                            }
+                            Ok(Err(e)) => {
+                                tracing::debug!(%client, error = %e, "TLS handshake failed");
+                            }
+                            Err(_) => {
+                                tracing::debug!(%client, "TLS handshake timed out");
+                            }
                         }
                     }
                 }
-            }
-            gw.metrics.connection_closed();
-            drop(permit);
-        });
-    }
-    drop(listener);
-    tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("all connections drained"),
-        _ = tokio::time::sleep(options.timeouts.drain) => tracing::warn!("drain deadline reached; closing remaining connections"),
+                gw.metrics.connection_closed();
+                drop(permit);
+            });
+        }
+        drop(listener);
+        tokio::select! {
+            _ = graceful.shutdown() => tracing::debug!(worker = self.index, "all connections drained"),
+            _ = tokio::time::sleep(options.timeouts.drain) => tracing::warn!(worker = self.index, "drain deadline reached; closing remaining connections"),
+        }
     }
 }
 
@@ -157,7 +250,8 @@ async fn serve_connection<I>(
     let gw = Arc::clone(gateway);
     let service = service_fn(move |req| {
         let gw = Arc::clone(&gw);
-        async move { Ok::<_, Infallible>(gw.handle(req, client).await) }
+        let client = client.clone();
+        async move { Ok::<_, Infallible>(gw.handle(req, &client).await) }
     });
     let conn = builder
         .serve_connection_with_upgrades(TokioIo::new(io), service)

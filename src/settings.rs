@@ -196,6 +196,9 @@ pub struct Settings {
     pub mode: ModeSetting,
     pub job_token_prefixes: Vec<String>,
     pub max_allowlist: usize,
+    /// Threads serving the main listener, each with its own runtime and socket; 0: one per
+    /// CPU the process may run on.
+    pub workers: usize,
     pub cache: CacheSettings,
     pub timeouts: TimeoutSettings,
     pub limits: LimitSettings,
@@ -226,8 +229,8 @@ pub struct AuthLogSettings {
     pub enabled: bool,
     /// Most (target, origin) pairs kept; past it the pairs seen longest ago are dropped.
     pub max_pairs: usize,
-    /// Decisions waiting to be written; when full, new ones are dropped (and counted), never
-    /// waited for.
+    /// Distinct (target, origin) pairs pending a write; a decision for a new pair beyond it is
+    /// dropped (and counted), never waited for.
     pub queue: usize,
     /// Pending decisions are written at least this often.
     #[serde(with = "humantime_serde")]
@@ -268,12 +271,25 @@ impl Default for ManageSettings {
 /// `state_dir = ":memory:"`: keep the gateway's state in memory (tests, throwaway runs).
 pub const MEMORY: &str = ":memory:";
 
+/// Most worker threads `workers` may ask for.
+pub const MAX_WORKERS: usize = 1024;
+
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
     Human,
     Json,
+}
+
+impl Settings {
+    /// `workers`, with 0 read as one per available CPU.
+    pub fn worker_threads(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        }
+    }
 }
 
 impl Default for Settings {
@@ -291,6 +307,7 @@ impl Default for Settings {
             mode: ModeSetting::Enforce,
             job_token_prefixes: vec!["glcbt-".to_string()],
             max_allowlist: 200,
+            workers: 0,
             cache: CacheSettings::default(),
             timeouts: TimeoutSettings::default(),
             limits: LimitSettings::default(),
@@ -404,6 +421,11 @@ impl Settings {
         }
         if self.authlog.enabled && (self.authlog.max_pairs == 0 || self.authlog.queue == 0) {
             problems.push("authlog.max_pairs and authlog.queue must be at least 1".into());
+        }
+        if self.workers > MAX_WORKERS {
+            problems.push(format!(
+                "workers must be at most {MAX_WORKERS} (0: one per CPU)"
+            ));
         }
         if self.max_allowlist == 0 {
             problems.push("max_allowlist must be at least 1".into());
