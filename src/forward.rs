@@ -8,13 +8,12 @@ use std::time::Duration;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 
 use crate::body::ForwardBody;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
+use crate::pool::{SendError, UpstreamPool};
 use crate::settings::{TimeoutSettings, Upstream};
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1, plus the legacy
@@ -126,22 +125,8 @@ impl ClientConn {
     }
 }
 
-thread_local! {
-    /// Which of the forwarder's pools this thread uses: 0 outside the server's workers.
-    static POOL: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
-/// Called once by server worker `index` on its thread: its requests use their own pool, whose
-/// connections are driven by tasks on that worker's runtime (no cross-thread wake-ups).
-pub fn set_worker(index: usize) {
-    POOL.set(index + 1);
-}
-
-type PooledClient = Client<HttpsConnector<HttpConnector>, ForwardBody>;
-
 pub struct Forwarder {
-    /// One pool per worker thread, plus one (index 0) for every other thread.
-    clients: Box<[PooledClient]>,
+    pool: UpstreamPool,
     upstream: Upstream,
     response_timeout: Duration,
 }
@@ -154,28 +139,15 @@ impl Forwarder {
         timeouts: &TimeoutSettings,
         tls: rustls::ClientConfig,
         workers: usize,
-    ) -> Self {
+    ) -> Result<Self, GatewayError> {
         let connector = crate::tls::https_connector(tls, timeouts.upstream_connect);
-        let clients = (0..=workers)
-            .map(|_| {
-                Client::builder(TokioExecutor::new())
-                    .pool_timer(TokioTimer::new())
-                    .pool_idle_timeout(timeouts.upstream_idle)
-                    .pool_max_idle_per_host(1024)
-                    .build(connector.clone())
-            })
-            .collect();
-        Forwarder {
-            clients,
+        let pool = UpstreamPool::new(&upstream, connector, timeouts.upstream_idle, workers)
+            .map_err(|e| GatewayError::Upstream(format!("cannot reach the upstream: {e}")))?;
+        Ok(Forwarder {
+            pool,
             upstream,
             response_timeout: timeouts.upstream_response,
-        }
-    }
-
-    /// This thread's pool (the worker's own, else the shared one).
-    fn client(&self) -> &PooledClient {
-        let index = POOL.get();
-        self.clients.get(index).unwrap_or(&self.clients[0])
+        })
     }
 
     /// Send `req` upstream with `path_and_query` as its target. The body streams as it arrives.
@@ -186,11 +158,8 @@ impl Forwarder {
         client: &ClientConn,
         metrics: &Metrics,
     ) -> Result<Response<Incoming>, GatewayError> {
-        let uri = Uri::builder()
-            .scheme(self.upstream.scheme.clone())
-            .authority(self.upstream.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
+        // Origin form: the connection already goes to the upstream.
+        let uri = Uri::try_from(path_and_query)
             .map_err(|e| GatewayError::Upstream(format!("cannot build the upstream URI: {e}")))?;
         let client_host = req.headers().get(header::HOST).cloned().or_else(|| {
             req.uri()
@@ -213,7 +182,7 @@ impl Forwarder {
             headers.insert(header::HOST, host.clone());
             headers.insert(X_FORWARDED_HOST, host);
         }
-        if self.upstream.scheme == http::uri::Scheme::HTTPS {
+        if self.upstream.scheme == http::uri::Scheme::HTTPS || !headers.contains_key(header::HOST) {
             // A TLS upstream checks Host against the name it was reached by (SNI, its virtual
             // host): send its own; the client's stays in X-Forwarded-Host.
             if let Ok(host) = HeaderValue::from_str(self.upstream.authority.as_str()) {
@@ -227,22 +196,22 @@ impl Forwarder {
             HeaderValue::from_static(client.scheme.as_str()),
         );
 
-        let mut resp =
-            match tokio::time::timeout(self.response_timeout, self.client().request(req)).await {
-                Err(_) => {
-                    metrics.upstream_error("timeout");
-                    return Err(GatewayError::UpstreamTimeout);
-                }
-                Ok(Err(e)) if e.is_connect() => {
-                    metrics.upstream_error("connect_error");
-                    return Err(GatewayError::UpstreamConnect(error_chain(&e)));
-                }
-                Ok(Err(e)) => {
-                    metrics.upstream_error("error");
-                    return Err(GatewayError::Upstream(error_chain(&e)));
-                }
-                Ok(Ok(resp)) => resp,
-            };
+        let mut resp = match tokio::time::timeout(self.response_timeout, self.pool.send(req)).await
+        {
+            Err(_) => {
+                metrics.upstream_error("timeout");
+                return Err(GatewayError::UpstreamTimeout);
+            }
+            Ok(Err(SendError::Connect(e))) => {
+                metrics.upstream_error("connect_error");
+                return Err(GatewayError::UpstreamConnect(e));
+            }
+            Ok(Err(SendError::Upstream(e))) => {
+                metrics.upstream_error("error");
+                return Err(GatewayError::Upstream(e));
+            }
+            Ok(Ok(resp)) => resp,
+        };
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let (Some(client_upgrade), Some(protocol)) = (client_upgrade, upgrade) else {
                 metrics.upstream_error("error");

@@ -21,6 +21,7 @@ pub mod manage;
 pub mod metrics;
 pub mod origin;
 pub mod policy;
+pub mod pool;
 pub mod project;
 pub mod registry;
 pub mod reload;
@@ -179,7 +180,8 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         &settings.timeouts,
         upstream_tls.clone(),
         settings.worker_threads(),
-    );
+    )
+    .map_err(|e| StartError::Other(e.to_string()))?;
     let (authlog, _writer) = AuthLog::start(
         &settings.authlog,
         &settings.state_dir,

@@ -153,7 +153,7 @@ impl Worker {
                 return;
             }
         };
-        crate::forward::set_worker(self.index);
+        crate::pool::set_worker(self.index);
         runtime.block_on(async move {
             match TcpListener::from_std(listener) {
                 Ok(listener) => self.accept_loop(listener).await,

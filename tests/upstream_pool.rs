@@ -1,0 +1,153 @@
+//! The gateway's upstream connections (src/pool.rs) against a raw-TCP upstream that records
+//! every connection and request: connections are reused, a connection the upstream closed
+//! while it sat in the pool costs no request, and a request the upstream may have seen is
+//! never sent twice.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use common::scopes::MATRIX;
+use common::*;
+use scopegate::settings::Settings;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// How the raw upstream treats each connection.
+#[derive(Clone, Copy)]
+enum Upstream {
+    /// Answers every request, keeps the connection open.
+    KeepAlive,
+    /// Answers one request (advertising nothing about the connection), then closes it.
+    CloseAfterOne,
+    /// Reads a request and closes without answering.
+    Vanish,
+}
+
+#[derive(Default)]
+struct Seen {
+    connections: AtomicUsize,
+    requests: AtomicUsize,
+}
+
+async fn upstream(kind: Upstream) -> (SocketAddr, Arc<Seen>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Seen::default());
+    let s = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            s.connections.fetch_add(1, Ordering::SeqCst);
+            let s = Arc::clone(&s);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    // One request: head, then Content-Length bytes of body.
+                    let head_end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                    let body_len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    while buf.len() < head_end + body_len {
+                        let mut chunk = [0u8; 4096];
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..head_end + body_len);
+                    s.requests.fetch_add(1, Ordering::SeqCst);
+                    if let Upstream::Vanish = kind {
+                        return;
+                    }
+                    let reply = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+                    if conn.write_all(reply).await.is_err() {
+                        return;
+                    }
+                    if let Upstream::CloseAfterOne = kind {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+async fn gateway(upstream: SocketAddr) -> (scopegate::Running, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let scopes = dir.path().join("scopes.toml");
+    std::fs::write(&scopes, MATRIX).unwrap();
+    let settings = Settings {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+        upstream: Some(format!("http://{upstream}")),
+        scopes: Some(scopes),
+        state_dir: dir.path().join("state"),
+        // One worker: one idle list, so reuse is deterministic.
+        workers: 1,
+        ..Settings::default()
+    };
+    (scopegate::start(settings).await.unwrap(), dir)
+}
+
+/// A request without a job token (forwarded untouched, no forge lookup), on its own client
+/// connection.
+async fn post(gw: &scopegate::Running, n: usize) -> String {
+    let body = format!("{{\"n\":{n}}}");
+    let request = format!(
+        "POST /api/v4/projects/12/issues HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    raw(gw.listen, request.as_bytes()).await
+}
+
+#[tokio::test]
+async fn sequential_requests_share_one_upstream_connection() {
+    let (addr, seen) = upstream(Upstream::KeepAlive).await;
+    let (gw, _dir) = gateway(addr).await;
+    for n in 0..10 {
+        let answer = post(&gw, n).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    assert_eq!(seen.requests.load(Ordering::SeqCst), 10);
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn connections_the_upstream_closed_cost_no_request_and_none_is_sent_twice() {
+    let (addr, seen) = upstream(Upstream::CloseAfterOne).await;
+    let (gw, _dir) = gateway(addr).await;
+    for n in 0..30 {
+        let answer = post(&gw, n).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "request {n}: {answer}");
+        assert_eq!(seen.requests.load(Ordering::SeqCst), n + 1, "request {n}");
+    }
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 30);
+}
+
+#[tokio::test]
+async fn a_request_the_upstream_read_is_not_replayed() {
+    let (addr, seen) = upstream(Upstream::Vanish).await;
+    let (gw, _dir) = gateway(addr).await;
+    let answer = post(&gw, 1).await;
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    assert!(answer.contains("\"message\""), "{answer}");
+    // A retry would have happened before the answer: the count is final.
+    assert_eq!(seen.requests.load(Ordering::SeqCst), 1);
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
+}
