@@ -446,10 +446,15 @@ pub fn query_all(conn: &Connection) -> Result<Vec<Pair>, AuthLogError> {
     Ok(rows)
 }
 
+/// Pending pairs by (target, origin); updated on every job-token request, so hashed with
+/// foldhash rather than SipHash. Its seed is random per process and the map holds at most
+/// `authlog.queue` pairs, so crafted target paths cannot make it degrade without bound.
+type PairMap = HashMap<(PairKey, PairKey), Pair, foldhash::fast::RandomState>;
+
 /// Aggregated, not yet written.
 #[derive(Default)]
 struct Pending {
-    pairs: HashMap<(PairKey, PairKey), Pair>,
+    pairs: PairMap,
     events: u64,
 }
 
@@ -562,7 +567,7 @@ async fn write(
 
 fn write_batch(
     conn: &mut Connection,
-    pairs: HashMap<(PairKey, PairKey), Pair>,
+    pairs: PairMap,
     max_pairs: usize,
 ) -> Result<(), AuthLogError> {
     let tx = conn.transaction()?;

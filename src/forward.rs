@@ -18,7 +18,7 @@ use crate::settings::{TimeoutSettings, Upstream};
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1, plus the legacy
 /// `Proxy-Connection` and `Keep-Alive`).
-const HOP_BY_HOP: [HeaderName; 8] = [
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::PROXY_AUTHENTICATE,
@@ -158,9 +158,17 @@ impl Forwarder {
         client: &ClientConn,
         metrics: &Metrics,
     ) -> Result<Response<Incoming>, GatewayError> {
-        // Origin form: the connection already goes to the upstream.
-        let uri = Uri::try_from(path_and_query)
-            .map_err(|e| GatewayError::Upstream(format!("cannot build the upstream URI: {e}")))?;
+        // Origin form: the connection already goes to the upstream. Most requests go out with
+        // the target they came with, already parsed; only a rewritten one is parsed again.
+        let uri = match req.uri().path_and_query() {
+            Some(pq) if pq.as_str() == path_and_query => {
+                let mut parts = http::uri::Parts::default();
+                parts.path_and_query = Some(pq.clone());
+                Uri::from_parts(parts).map_err(http::Error::from)
+            }
+            _ => Uri::try_from(path_and_query).map_err(http::Error::from),
+        }
+        .map_err(|e| GatewayError::Upstream(format!("cannot build the upstream URI: {e}")))?;
         let client_host = req.headers().get(header::HOST).cloned().or_else(|| {
             req.uri()
                 .authority()

@@ -35,6 +35,7 @@ pub mod suggest;
 pub mod target;
 pub mod telemetry;
 pub mod tls;
+pub mod worker;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -153,6 +154,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         settings.timeouts.forge_lookup,
         Arc::clone(&metrics),
         upstream_tls.clone(),
+        settings.worker_threads(),
     )
     .map_err(|e| StartError::Other(e.to_string()))?;
     let renames = match &settings.lookup_token_file {

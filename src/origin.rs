@@ -5,7 +5,8 @@
 //! bounded cache keyed by the token's SHA-256 (never the token). Concurrent requests with the
 //! same new token share one forge call.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -21,6 +22,11 @@ use crate::credentials::JobToken;
 use crate::metrics::Metrics;
 use crate::project::is_valid_project_path;
 use crate::settings::{CacheSettings, Upstream};
+
+fn lock(front: &Front) -> MutexGuard<'_, HashMap<[u8; 32], Remembered, DigestHasher>> {
+    // Only answers live there: a panic elsewhere leaves nothing half-written worth refusing.
+    front.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// The forge's answers are small; anything bigger is not a job document.
 const MAX_JOB_DOCUMENT: usize = 1 << 20;
@@ -48,22 +54,46 @@ pub enum OriginError {
     Unavailable(String),
 }
 
-struct TtlByKind {
-    ttl: Duration,
-    negative_ttl: Duration,
+/// A remembered answer and the moment it stops counting (`cache.ttl` or `cache.negative_ttl`
+/// after the forge gave it), carried with the answer so the shared cache and the per-worker
+/// fronts expire it at the same instant.
+#[derive(Clone, Debug)]
+struct Remembered {
+    kind: TokenKind,
+    expires_at: Instant,
 }
 
-impl moka::Expiry<[u8; 32], TokenKind> for TtlByKind {
-    fn expire_after_create(&self, _: &[u8; 32], value: &TokenKind, _: Instant) -> Option<Duration> {
-        Some(match value {
-            TokenKind::Job(_) => self.ttl,
-            TokenKind::NotJob => self.negative_ttl,
-        })
+struct UntilExpiry;
+
+impl moka::Expiry<[u8; 32], Remembered> for UntilExpiry {
+    fn expire_after_create(
+        &self,
+        _: &[u8; 32],
+        value: &Remembered,
+        created_at: Instant,
+    ) -> Option<Duration> {
+        Some(value.expires_at.saturating_duration_since(created_at))
     }
 }
 
+/// Answers a worker saw recently, in front of the shared cache: a hit takes this worker's own
+/// uncontended lock and one hash probe instead of the shared cache's bookkeeping. Bounded by
+/// clearing it when full (the shared cache keeps the answers).
+type Front = Mutex<HashMap<[u8; 32], Remembered, DigestHasher>>;
+
+/// Entries per worker front.
+const FRONT_MAX: usize = 4096;
+
+/// The cache's key hasher: keys are SHA-256 digests (uniform already), and foldhash, seeded per
+/// process, costs a fraction of std's SipHash on the hit path every job-token request takes.
+type DigestHasher = foldhash::fast::RandomState;
+
 pub struct OriginResolver {
-    cache: Cache<[u8; 32], TokenKind>,
+    cache: Cache<[u8; 32], Remembered, DigestHasher>,
+    /// One per worker slot (`crate::worker`).
+    fronts: Box<[Front]>,
+    ttl: Duration,
+    negative_ttl: Duration,
     client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
     job_uri: http::Uri,
     external_url: String,
@@ -79,6 +109,7 @@ impl OriginResolver {
         timeout: Duration,
         metrics: Arc<Metrics>,
         tls: rustls::ClientConfig,
+        workers: usize,
     ) -> Result<Self, http::Error> {
         let job_uri = http::Uri::builder()
             .scheme(upstream.scheme.clone())
@@ -93,11 +124,13 @@ impl OriginResolver {
         Ok(OriginResolver {
             cache: Cache::builder()
                 .max_capacity(cache.max_entries)
-                .expire_after(TtlByKind {
-                    ttl: cache.ttl,
-                    negative_ttl: cache.negative_ttl,
-                })
-                .build(),
+                .expire_after(UntilExpiry)
+                .build_with_hasher(DigestHasher::default()),
+            fronts: (0..crate::worker::slots(workers))
+                .map(|_| Mutex::default())
+                .collect(),
+            ttl: cache.ttl,
+            negative_ttl: cache.negative_ttl,
             client,
             job_uri,
             external_url,
@@ -109,18 +142,37 @@ impl OriginResolver {
     /// What the token is, from the cache or (once per token, however many ask at once) the forge.
     pub async fn resolve(&self, token: &JobToken) -> Result<TokenKind, OriginError> {
         let key = token.sha256();
-        if let Some(hit) = self.cache.get(&key).await {
+        let now = Instant::now();
+        let front = self
+            .fronts
+            .get(crate::worker::slot())
+            .unwrap_or(&self.fronts[0]);
+        if let Some(hit) = lock(front).get(&key).filter(|r| r.expires_at > now) {
             self.metrics.origin_cache_hit();
-            return Ok(hit);
+            return Ok(hit.kind.clone());
         }
-        self.metrics.origin_cache_miss();
-        self.cache
-            .try_get_with(key, self.ask_forge(token))
-            .await
-            .map_err(|e| (*e).clone())
+        let remembered = match self.cache.get(&key).await.filter(|r| r.expires_at > now) {
+            Some(hit) => {
+                self.metrics.origin_cache_hit();
+                hit
+            }
+            None => {
+                self.metrics.origin_cache_miss();
+                self.cache
+                    .try_get_with(key, self.ask_forge(token))
+                    .await
+                    .map_err(|e| (*e).clone())?
+            }
+        };
+        let mut front = lock(front);
+        if front.len() >= FRONT_MAX {
+            front.clear();
+        }
+        front.insert(key, remembered.clone());
+        Ok(remembered.kind)
     }
 
-    async fn ask_forge(&self, token: &JobToken) -> Result<TokenKind, OriginError> {
+    async fn ask_forge(&self, token: &JobToken) -> Result<Remembered, OriginError> {
         let started = Instant::now();
         let result = tokio::time::timeout(self.timeout, self.lookup(token))
             .await
@@ -137,7 +189,15 @@ impl OriginResolver {
             },
             started.elapsed(),
         );
-        result
+        let kind = result?;
+        let ttl = match kind {
+            TokenKind::Job(_) => self.ttl,
+            TokenKind::NotJob => self.negative_ttl,
+        };
+        Ok(Remembered {
+            kind,
+            expires_at: Instant::now() + ttl,
+        })
     }
 
     async fn lookup(&self, token: &JobToken) -> Result<TokenKind, OriginError> {

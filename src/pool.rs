@@ -27,16 +27,6 @@ const MAX_POOLED: usize = 1024;
 /// before the request was written (the upstream closed it while it sat idle).
 const MAX_RETRIES: usize = 3;
 
-thread_local! {
-    /// Which idle list this thread uses: 0 outside the server's workers.
-    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
-/// Called once by server worker `index` on its own thread.
-pub fn set_worker(index: usize) {
-    WORKER.set(index + 1);
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
     #[error("{0}")]
@@ -75,7 +65,9 @@ impl UpstreamPool {
             connector,
             connect_to,
             idle_timeout,
-            lists: (0..=workers).map(|_| Mutex::new(Vec::new())).collect(),
+            lists: (0..crate::worker::slots(workers))
+                .map(|_| Mutex::new(Vec::new()))
+                .collect(),
         })
     }
 
@@ -108,9 +100,10 @@ impl UpstreamPool {
     }
 
     fn list(&self) -> &Mutex<Vec<Pooled>> {
-        let index = WORKER.get();
-        // `lists` always has index 0.
-        self.lists.get(index).unwrap_or(&self.lists[0])
+        // `lists` always has slot 0.
+        self.lists
+            .get(crate::worker::slot())
+            .unwrap_or(&self.lists[0])
     }
 
     /// The most recently returned connection that is ready for a request; closed and

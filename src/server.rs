@@ -153,7 +153,7 @@ impl Worker {
                 return;
             }
         };
-        crate::pool::set_worker(self.index);
+        crate::worker::enter(self.index);
         runtime.block_on(async move {
             match TcpListener::from_std(listener) {
                 Ok(listener) => self.accept_loop(listener).await,

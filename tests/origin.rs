@@ -126,3 +126,30 @@ async fn origin_cache_metrics_move() {
         "{m}"
     );
 }
+
+#[tokio::test]
+async fn an_origin_is_asked_again_once_its_time_is_up_on_every_worker() {
+    let h = Harness::start_with(MATRIX, |s| {
+        s.cache.ttl = Duration::from_millis(400);
+        s.workers = 2;
+    })
+    .await;
+    // A new connection per request: both workers (and their fronts) learn the answer.
+    for _ in 0..8 {
+        assert_eq!(h.get(ALLOWED, &[("JOB-TOKEN", BOT)]).await.status, 200);
+    }
+    assert_eq!(h.forge.job_lookups(), 1, "remembered within the TTL");
+    // The forge now fails every lookup. Once the TTL is up, no worker may still answer from
+    // what it remembered: every request needs the forge again, and gets 503.
+    h.forge.set_lookup_mode(LookupMode::Fail);
+    let all_asked_again = eventually(Duration::from_secs(5), || async {
+        let mut statuses = Vec::new();
+        for _ in 0..8 {
+            statuses.push(h.get(ALLOWED, &[("JOB-TOKEN", BOT)]).await.status);
+        }
+        statuses.iter().all(|&s| s == 503)
+    })
+    .await;
+    assert!(all_asked_again, "an expired origin kept being used");
+    assert!(h.forge.job_lookups() > 1);
+}
