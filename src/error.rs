@@ -31,7 +31,7 @@ pub enum GatewayError {
     #[error("undecodable target: {0}")]
     Target(#[from] TargetError),
 
-    #[error("CI/CD job token of {origin} may not access {target}: {}", describe_limit(*.limit, origin, target))]
+    #[error("CI/CD job token of {origin} may not access {target}: {}", LimitReason { limit: *.limit, origin, target })]
     OutOfScope {
         origin: ProjectIdentity,
         target: ProjectIdentity,
@@ -66,15 +66,34 @@ pub enum GatewayError {
     Upstream(String),
 }
 
-fn describe_limit(limit: Limit, origin: &ProjectIdentity, target: &ProjectIdentity) -> String {
-    match limit {
-        Limit::Outbound => format!(
-            "outbound limit of {origin} is on and {target} is not on its outbound allowlist"
-        ),
-        Limit::Inbound => {
-            format!("inbound limit of {target} is on and {origin} is not on its inbound allowlist")
+/// Which limit refused, written straight into the message (no intermediate string: a denial
+/// is an ordinary answer, rendered on the request path).
+struct LimitReason<'a> {
+    limit: Limit,
+    origin: &'a ProjectIdentity,
+    target: &'a ProjectIdentity,
+}
+
+impl std::fmt::Display for LimitReason<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let LimitReason { origin, target, .. } = self;
+        match self.limit {
+            Limit::Outbound => write!(
+                f,
+                "outbound limit of {origin} is on and {target} is not on its outbound allowlist"
+            ),
+            Limit::Inbound => write!(
+                f,
+                "inbound limit of {target} is on and {origin} is not on its inbound allowlist"
+            ),
         }
     }
+}
+
+/// The forge's error document, `{"message": "..."}`.
+#[derive(serde::Serialize)]
+struct Message<'a> {
+    message: &'a str,
 }
 
 impl GatewayError {
@@ -140,14 +159,25 @@ impl GatewayError {
 
     /// The answer the client gets, in the forge's JSON style.
     pub fn to_response(&self) -> Response<Full<Bytes>> {
+        use std::fmt::Write as _;
         let status = self.status();
-        let message = format!(
+        let mut message = String::with_capacity(256);
+        let _ = write!(
+            message,
             "{} {} - {}",
             status.as_u16(),
             status.canonical_reason().unwrap_or(""),
             self
         );
-        let mut resp = json_response(status, &serde_json::json!({ "message": message }));
+        // A struct of one string always serializes; the fallback only keeps this infallible.
+        let body = serde_json::to_vec(&Message { message: &message })
+            .unwrap_or_else(|_| br#"{"message":"error"}"#.to_vec());
+        let mut resp = Response::new(Full::new(Bytes::from(body)));
+        *resp.status_mut() = status;
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         if matches!(self, GatewayError::ConnectionListsHeader(_)) {
             // The client's idea of this connection's headers is not to be trusted further.
             resp.headers_mut()

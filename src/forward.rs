@@ -17,46 +17,66 @@ use crate::pool::{SendError, UpstreamPool};
 use crate::settings::{TimeoutSettings, Upstream};
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1, plus the legacy
-/// `Proxy-Connection` and `Keep-Alive`).
-static HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
+/// `Proxy-Connection` and `Keep-Alive`), each with its bit in [`strip_hop_by_hop`]'s mask.
+static HOP_BY_HOP: [(u16, HeaderName); 9] = [
+    (1 << 0, header::CONNECTION),
+    (1 << 1, HeaderName::from_static("keep-alive")),
+    (1 << 2, header::PROXY_AUTHENTICATE),
+    (1 << 3, header::PROXY_AUTHORIZATION),
+    (1 << 4, header::TE),
+    (1 << 5, header::TRAILER),
+    (1 << 6, header::TRANSFER_ENCODING),
+    (1 << 7, header::UPGRADE),
+    (1 << 8, HeaderName::from_static("proxy-connection")),
 ];
 
-const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+fn hop_by_hop_bit(name: &HeaderName) -> u16 {
+    // One length-and-bytes match per header: this runs on every request and response.
+    match name.as_str() {
+        "connection" => 1 << 0,
+        "keep-alive" => 1 << 1,
+        "proxy-authenticate" => 1 << 2,
+        "proxy-authorization" => 1 << 3,
+        "te" => 1 << 4,
+        "trailer" => 1 << 5,
+        "transfer-encoding" => 1 << 6,
+        "upgrade" => 1 << 7,
+        "proxy-connection" => 1 << 8,
+        _ => 0,
+    }
+}
+
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Remove hop-by-hop headers and every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the distinct names: most messages carry none of these or only
-    // `Connection`, so only what is present is removed (each removal hashes the name).
-    let mut doomed: Vec<HeaderName> = headers
+    let present = headers
         .keys()
-        .filter(|name| HOP_BY_HOP.contains(name) || *name == PROXY_CONNECTION)
-        .cloned()
-        .collect();
-    if doomed.is_empty() {
+        .fold(0, |mask, name| mask | hop_by_hop_bit(name));
+    if present == 0 {
         return;
     }
-    // The names listed in Connection go too.
-    doomed.extend(
-        headers
+    if present & 1 != 0 {
+        // The names listed in Connection go too.
+        let listed: Vec<HeaderValue> = headers
             .get_all(header::CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok()),
-    );
-    for name in doomed {
-        headers.remove(name);
+            .cloned()
+            .collect();
+        for value in &listed {
+            for name in value.as_bytes().split(|&b| b == b',') {
+                if let Ok(name) = HeaderName::from_bytes(name.trim_ascii()) {
+                    headers.remove(&name);
+                }
+            }
+        }
+    }
+    for (bit, name) in &HOP_BY_HOP {
+        if present & bit != 0 {
+            headers.remove(name);
+        }
     }
 }
 
@@ -339,6 +359,28 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn every_hop_by_hop_name_goes_and_nothing_else() {
+        let mut h = HeaderMap::new();
+        for (_, name) in &HOP_BY_HOP {
+            h.append(name.clone(), HeaderValue::from_static("x"));
+        }
+        // Two Connection headers: the names in both go.
+        h.append(header::CONNECTION, HeaderValue::from_static("x-a,  X-B ,"));
+        h.append(header::CONNECTION, HeaderValue::from_static("x-c"));
+        for name in ["x-a", "x-b", "x-c", "x-kept", "authorization"] {
+            h.insert(name, HeaderValue::from_static("1"));
+        }
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x-kept", "authorization"]);
+        // Nothing to strip: untouched.
+        let mut plain = HeaderMap::new();
+        plain.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut plain);
+        assert_eq!(plain.len(), 1);
     }
 
     #[test]

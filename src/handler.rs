@@ -175,7 +175,11 @@ impl Gateway {
             .filter(|_| manage::is_manage_path(path))
         {
             outcome.reason = "management_api";
-            return Ok(manager.handle(req, &self.resolver).await.map(Either::Right));
+            // Boxed, like every path most requests do not take: the request future stays small
+            // (hyper moves it into place for every request).
+            return Ok(Box::pin(manager.handle(req, &self.resolver))
+                .await
+                .map(Either::Right));
         }
         Ok(self.enforce(req, client, outcome).await?.map(Either::Left))
     }
@@ -207,11 +211,10 @@ impl Gateway {
             // `100 Continue`, no upload). Body credentials could only add a conflict.
             let head =
                 credentials::extract(&parts.headers, parts.uri.query(), &self.options.prefixes)?;
-            if let Some((_, origin)) = self.job_token(&snapshot, head).await? {
+            if let Some((_, origin)) = Box::pin(self.job_token(&snapshot, head)).await? {
                 let mut early = Outcome::default();
-                if let Err(refused) = self
-                    .decide_parts(&snapshot, &parts, &origin, &mut early, false)
-                    .await
+                if let Err(refused) =
+                    Box::pin(self.decide_parts(&snapshot, &parts, &origin, &mut early, false)).await
                 {
                     *outcome = early;
                     return Err(refused);
@@ -220,8 +223,18 @@ impl Gateway {
         }
         // Bodies the forge takes parameters from are read (up to the cap) and searched before
         // the decision; the bytes read are what is forwarded.
-        let inspected =
-            body::inspect(incoming, plan, content_length, &self.options.body_limits).await?;
+        let inspected = match plan {
+            body::Plan::Opaque => body::Inspected::Ready(body::ForwardBody::stream(incoming), None),
+            plan => {
+                Box::pin(body::inspect(
+                    incoming,
+                    plan,
+                    content_length,
+                    &self.options.body_limits,
+                ))
+                .await?
+            }
+        };
         let (pending, body_creds) = match inspected {
             body::Inspected::Ready(b, creds) => (PendingBody::Ready(b), creds),
             body::Inspected::Held(held) => (PendingBody::Held(held), None),
@@ -313,7 +326,7 @@ impl Gateway {
                     (identity.id, identity.path.as_deref(), &self.renames)
                 {
                     if *kind != RouteKind::ProjectApi {
-                        match renames.resolve(path).await {
+                        match Box::pin(renames.resolve(path)).await {
                             Ok(Resolved::Project { id, path }) => {
                                 identity = snapshot.policy.identify(&ProjectRef::Id(id));
                                 identity.path.get_or_insert(path);

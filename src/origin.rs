@@ -151,15 +151,18 @@ impl OriginResolver {
             self.metrics.origin_cache_hit();
             return Ok(hit.kind.clone());
         }
-        let remembered = match self.cache.get(&key).await.filter(|r| r.expires_at > now) {
+        let remembered = match Box::pin(self.cache.get(&key))
+            .await
+            .filter(|r| r.expires_at > now)
+        {
             Some(hit) => {
                 self.metrics.origin_cache_hit();
                 hit
             }
             None => {
                 self.metrics.origin_cache_miss();
-                self.cache
-                    .try_get_with(key, self.ask_forge(token))
+                // Boxed: the forge lookup is large and rare; the request future stays small.
+                Box::pin(self.cache.try_get_with(key, self.ask_forge(token)))
                     .await
                     .map_err(|e| (*e).clone())?
             }

@@ -251,7 +251,9 @@ async fn serve_connection<I>(
     let service = service_fn(move |req| {
         let gw = Arc::clone(&gw);
         let client = client.clone();
-        async move { Ok::<_, Infallible>(gw.handle(req, &client).await) }
+        // Boxed once here: hyper keeps the request's future in place by value, and this one
+        // is kilobytes (the whole pipeline's states); a pointer moves for free.
+        Box::pin(async move { Ok::<_, Infallible>(gw.handle(req, &client).await) })
     });
     let conn = builder
         .serve_connection_with_upgrades(TokioIo::new(io), service)
