@@ -225,11 +225,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     gateway.renames = renames;
     let gateway = Arc::new(gateway);
 
-    let main_listener =
-        listen::bind_shared(settings.listen).map_err(|source| StartError::Bind {
-            addr: settings.listen,
-            source,
-        })?;
+    let main_listener = bind(settings.listen).await?;
     let admin_listener = bind(settings.admin).await?;
     let listen = main_listener
         .local_addr()

@@ -22,6 +22,11 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerLabels {
+    worker: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ClassLabels {
     class: &'static str,
 }
@@ -38,6 +43,7 @@ pub struct Metrics {
     reloads: Family<ResultLabels, Counter>,
     generation: Gauge,
     connections: Gauge,
+    worker_connections: Family<WorkerLabels, Gauge>,
     scope_writes: Family<ResultLabels, Counter>,
     authlog_dropped: Counter,
 }
@@ -111,6 +117,12 @@ impl Metrics {
             "Client connections open on the main listener",
             connections.clone(),
         );
+        let worker_connections = Family::<WorkerLabels, Gauge>::default();
+        registry.register(
+            "worker_connections",
+            "Client connections each worker thread serves (new ones go to the worker serving the fewest)",
+            worker_connections.clone(),
+        );
         let scope_writes = Family::<ResultLabels, Counter>::default();
         registry.register(
             "scope_writes",
@@ -137,7 +149,17 @@ impl Metrics {
             reloads,
             generation,
             connections,
+            worker_connections,
         }
+    }
+
+    /// The open-connection gauge of worker `index` (taken once per worker, moved per connection).
+    pub fn worker_connections(&self, index: usize) -> Gauge {
+        self.worker_connections
+            .get_or_create(&WorkerLabels {
+                worker: index.to_string(),
+            })
+            .clone()
     }
 
     pub fn request(&self, decision: &'static str, reason: &'static str, elapsed: Duration) {

@@ -9,9 +9,12 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
@@ -66,10 +69,12 @@ fn connection_builder(options: &ServerOptions) -> auto::Builder<TokioExecutor> {
 
 /// Serve until `shutdown` fires, then stop accepting and drain open connections under the deadline.
 ///
-/// The listener is served by `workers` threads, each with its own single-threaded runtime and
-/// (on Linux) its own `SO_REUSEPORT` socket: a connection lives on one thread from accept to
-/// close, with its upstream connections, so a request crosses no thread and wakes no other
-/// worker (nginx's worker processes, Pingora's and Envoy's thread-per-core model).
+/// One accept loop hands each new connection to the worker thread serving the fewest, and the
+/// connection lives on that thread from then to close, with its upstream connections: a request
+/// crosses no thread and wakes no other worker (nginx's worker processes, Pingora's and Envoy's
+/// thread-per-core model). Handing over by load rather than letting the kernel spread accepts
+/// (`SO_REUSEPORT` hashes the address) keeps the workers' shares even, which keeps the slowest
+/// worker's queue, and so the tail latency, short.
 pub async fn serve(
     listener: TcpListener,
     gateway: Arc<Gateway>,
@@ -80,69 +85,125 @@ pub async fn serve(
     let stop = shutdown.child_token();
     let _stop_workers = stop.clone().drop_guard();
     let options = Arc::new(options);
-    // At the limit the workers stop accepting: new clients wait in the kernel's backlog.
-    let slots = Arc::new(Semaphore::new(options.limits.max_connections));
-    let listeners = worker_listeners(listener, options.workers);
-    let mut finished = Vec::with_capacity(listeners.len());
-    for (index, listener) in listeners.into_iter().enumerate() {
+    let mut workers = Vec::with_capacity(options.workers.max(1));
+    let mut finished = Vec::with_capacity(options.workers.max(1));
+    for index in 0..options.workers.max(1) {
+        let (handoff, incoming) = mpsc::unbounded_channel();
         let (done, finished_rx) = tokio::sync::oneshot::channel::<()>();
+        let load = Arc::new(AtomicUsize::new(0));
         let worker = Worker {
             index,
             gateway: Arc::clone(&gateway),
             options: Arc::clone(&options),
-            slots: Arc::clone(&slots),
+            load: Arc::clone(&load),
             shutdown: stop.clone(),
         };
         let spawned = std::thread::Builder::new()
             .name(format!("scopegate-worker-{index}"))
             .spawn(move || {
-                worker.run(listener);
+                worker.run(incoming);
                 drop(done);
             });
         match spawned {
-            Ok(_) => finished.push(finished_rx),
+            Ok(_) => {
+                workers.push(WorkerHandle { handoff, load });
+                finished.push(finished_rx);
+            }
             Err(e) => tracing::error!(error = %e, index, "cannot start a worker thread"),
         }
     }
+    accept_loop(&listener, &workers, &options, &stop).await;
+    // Closing the hand-over channels tells the workers to drain.
+    drop(workers);
+    drop(listener);
     for worker in finished {
         // Err only means the worker is gone, which is what is waited for.
         let _ = worker.await;
     }
 }
 
-/// One listening socket per worker: `SO_REUSEPORT` siblings of `listener` where the platform
-/// has them (the kernel spreads new connections evenly), else clones of the one socket.
-fn worker_listeners(listener: TcpListener, workers: usize) -> Vec<std::net::TcpListener> {
-    let Ok(first) = listener.into_std() else {
-        tracing::error!("cannot take the listener out of the runtime");
-        return Vec::new();
-    };
-    let addr = first.local_addr().ok();
-    let mut all = Vec::with_capacity(workers.max(1));
-    for _ in 1..workers.max(1) {
-        let sibling = addr
-            .and_then(|addr| crate::listen::reuse_port_sibling(addr).ok())
-            .or_else(|| first.try_clone().ok());
-        match sibling {
-            Some(l) => all.push(l),
-            None => tracing::warn!("cannot open another listening socket; fewer workers serve"),
-        }
-    }
-    all.insert(0, first);
-    all
+/// The accepting side's view of a worker.
+struct WorkerHandle {
+    handoff: mpsc::UnboundedSender<Accepted>,
+    /// Connections the worker serves now.
+    load: Arc<AtomicUsize>,
 }
 
-/// What one worker thread needs to serve its listener.
+/// A connection on its way to a worker, with its slot under `max_connections`.
+struct Accepted {
+    stream: std::net::TcpStream,
+    client: SocketAddr,
+    permit: OwnedSemaphorePermit,
+}
+
+async fn accept_loop(
+    listener: &TcpListener,
+    workers: &[WorkerHandle],
+    options: &ServerOptions,
+    shutdown: &CancellationToken,
+) {
+    // At the limit the loop stops accepting: new clients wait in the kernel's backlog.
+    let slots = Arc::new(Semaphore::new(options.limits.max_connections));
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            permit = Arc::clone(&slots).acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, client) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Out of file descriptors and similar: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                drop(permit);
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        // Out of this runtime's reactor, into the chosen worker's.
+        let Ok(stream) = stream.into_std() else {
+            continue;
+        };
+        let Some(worker) = workers
+            .iter()
+            .min_by_key(|w| w.load.load(Ordering::Relaxed))
+        else {
+            return;
+        };
+        worker.load.fetch_add(1, Ordering::Relaxed);
+        if worker
+            .handoff
+            .send(Accepted {
+                stream,
+                client,
+                permit,
+            })
+            .is_err()
+        {
+            worker.load.fetch_sub(1, Ordering::Relaxed);
+            tracing::error!("a worker thread is gone; its share of connections is refused");
+        }
+    }
+}
+
+/// What one worker thread needs to serve the connections it is handed.
 struct Worker {
     index: usize,
     gateway: Arc<Gateway>,
     options: Arc<ServerOptions>,
-    slots: Arc<Semaphore>,
+    load: Arc<AtomicUsize>,
     shutdown: CancellationToken,
 }
 
 impl Worker {
-    fn run(self, listener: std::net::TcpListener) {
+    fn run(self, incoming: mpsc::UnboundedReceiver<Accepted>) {
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -154,52 +215,46 @@ impl Worker {
             }
         };
         crate::worker::enter(self.index);
-        runtime.block_on(async move {
-            match TcpListener::from_std(listener) {
-                Ok(listener) => self.accept_loop(listener).await,
-                Err(e) => {
-                    tracing::error!(error = %e, worker = self.index, "cannot register the listener")
-                }
-            }
-        });
+        runtime.block_on(self.serve(incoming));
     }
 
-    async fn accept_loop(self, listener: TcpListener) {
+    async fn serve(self, mut incoming: mpsc::UnboundedReceiver<Accepted>) {
         let options = &self.options;
         let graceful = GracefulShutdown::new();
         let builder = connection_builder(options);
-        let shutdown = &self.shutdown;
+        let open_here = self.gateway.metrics.worker_connections(self.index);
         loop {
-            let permit = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                permit = Arc::clone(&self.slots).acquire_owned() => match permit {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-            };
             let accepted = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                accepted = listener.accept() => accepted,
+                _ = self.shutdown.cancelled() => break,
+                accepted = incoming.recv() => accepted,
             };
-            let (stream, client) = match accepted {
-                Ok(pair) => pair,
+            let Some(Accepted {
+                stream,
+                client,
+                permit,
+            }) = accepted
+            else {
+                break;
+            };
+            let stream = match tokio::net::TcpStream::from_std(stream) {
+                Ok(s) => s,
                 Err(e) => {
-                    // Out of file descriptors and similar: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    drop(permit);
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    tracing::warn!(error = %e, "cannot register a connection");
+                    self.load.fetch_sub(1, Ordering::Relaxed);
                     continue;
                 }
             };
-            let _ = stream.set_nodelay(true);
             // The handshake runs in the connection's own task: a silent client delays nobody
             // else, and holds its slot at most `handshake_timeout`.
             let watcher = graceful.watcher();
             let builder = builder.clone();
             let gw = Arc::clone(&self.gateway);
             let tls = options.tls.clone();
+            let load = Arc::clone(&self.load);
+            let open_here = open_here.clone();
             tokio::spawn(async move {
                 gw.metrics.connection_opened();
+                open_here.inc();
                 match tls {
                     None => {
                         let conn = ClientConn::new(client, ClientScheme::Http);
@@ -226,10 +281,11 @@ impl Worker {
                     }
                 }
                 gw.metrics.connection_closed();
+                open_here.dec();
+                load.fetch_sub(1, Ordering::Relaxed);
                 drop(permit);
             });
         }
-        drop(listener);
         tokio::select! {
             _ = graceful.shutdown() => tracing::debug!(worker = self.index, "all connections drained"),
             _ = tokio::time::sleep(options.timeouts.drain) => tracing::warn!(worker = self.index, "drain deadline reached; closing remaining connections"),
