@@ -169,15 +169,7 @@ impl GatewayError {
             status.canonical_reason().unwrap_or(""),
             self
         );
-        // A struct of one string always serializes; the fallback only keeps this infallible.
-        let body = serde_json::to_vec(&Message { message: &message })
-            .unwrap_or_else(|_| br#"{"message":"error"}"#.to_vec());
-        let mut resp = Response::new(Full::new(Bytes::from(body)));
-        *resp.status_mut() = status;
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        let mut resp = json_response(status, &Message { message: &message });
         if matches!(self, GatewayError::ConnectionListsHeader(_)) {
             // The client's idea of this connection's headers is not to be trusted further.
             resp.headers_mut()
@@ -194,8 +186,14 @@ impl GatewayError {
 }
 
 /// A JSON response built by the gateway itself.
-pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+pub fn json_response<T: serde::Serialize + ?Sized>(
+    status: StatusCode,
+    body: &T,
+) -> Response<Full<Bytes>> {
+    // Documents of strings, numbers and maps with string keys always serialize; the fallback
+    // only keeps this infallible.
+    let body = serde_json::to_vec(body).unwrap_or_else(|_| br#"{"message":"error"}"#.to_vec());
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -17,33 +17,35 @@ use crate::pool::{SendError, UpstreamPool};
 use crate::settings::{TimeoutSettings, Upstream};
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1, plus the legacy
-/// `Proxy-Connection` and `Keep-Alive`), each with its bit in [`strip_hop_by_hop`]'s mask.
-static HOP_BY_HOP: [(u16, HeaderName); 9] = [
-    (1 << 0, header::CONNECTION),
-    (1 << 1, HeaderName::from_static("keep-alive")),
-    (1 << 2, header::PROXY_AUTHENTICATE),
-    (1 << 3, header::PROXY_AUTHORIZATION),
-    (1 << 4, header::TE),
-    (1 << 5, header::TRAILER),
-    (1 << 6, header::TRANSFER_ENCODING),
-    (1 << 7, header::UPGRADE),
-    (1 << 8, HeaderName::from_static("proxy-connection")),
+/// `Proxy-Connection` and `Keep-Alive`). Bit `i` of [`strip_hop_by_hop`]'s mask is entry `i`.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("proxy-connection"),
 ];
 
+/// The mask bit of a hop-by-hop name (its index in [`HOP_BY_HOP`]), 0 for any other name.
 fn hop_by_hop_bit(name: &HeaderName) -> u16 {
     // One length-and-bytes match per header: this runs on every request and response.
-    match name.as_str() {
-        "connection" => 1 << 0,
-        "keep-alive" => 1 << 1,
-        "proxy-authenticate" => 1 << 2,
-        "proxy-authorization" => 1 << 3,
-        "te" => 1 << 4,
-        "trailer" => 1 << 5,
-        "transfer-encoding" => 1 << 6,
-        "upgrade" => 1 << 7,
-        "proxy-connection" => 1 << 8,
-        _ => 0,
-    }
+    let index = match name.as_str() {
+        "connection" => 0,
+        "keep-alive" => 1,
+        "proxy-authenticate" => 2,
+        "proxy-authorization" => 3,
+        "te" => 4,
+        "trailer" => 5,
+        "transfer-encoding" => 6,
+        "upgrade" => 7,
+        "proxy-connection" => 8,
+        _ => return 0,
+    };
+    1 << index
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -73,8 +75,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             }
         }
     }
-    for (bit, name) in &HOP_BY_HOP {
-        if present & bit != 0 {
+    for (index, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << index) != 0 {
             headers.remove(name);
         }
     }
@@ -364,7 +366,8 @@ mod tests {
     #[test]
     fn every_hop_by_hop_name_goes_and_nothing_else() {
         let mut h = HeaderMap::new();
-        for (_, name) in &HOP_BY_HOP {
+        for (index, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_bit(name), 1 << index, "{name}");
             h.append(name.clone(), HeaderValue::from_static("x"));
         }
         // Two Connection headers: the names in both go.

@@ -507,13 +507,18 @@ impl RequestIds {
     fn next(&self) -> RequestId {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         // `{prefix:016x}{n:08x}` without the formatting machinery: this runs on every request.
-        let mut id = RequestId {
-            hex: [0; 32],
-            len: 0,
-        };
-        id.push_hex(self.prefix, 16);
-        id.push_hex(n, 8);
-        id
+        // Both numbers are written as 16 digits, then the counter's leading zeros beyond 8 go.
+        let mut hex = [0; 32];
+        let (prefix, counter) = hex.split_at_mut(16);
+        // 8 bytes always fit 16 hex digits.
+        let _ = hex::encode_to_slice(self.prefix.to_be_bytes(), prefix);
+        let _ = hex::encode_to_slice(n.to_be_bytes(), counter);
+        let skip = (n.leading_zeros() as usize / 4).min(8);
+        hex.copy_within(16 + skip.., 16);
+        RequestId {
+            hex,
+            len: 32 - skip,
+        }
     }
 }
 
@@ -524,16 +529,6 @@ struct RequestId {
 }
 
 impl RequestId {
-    /// Append `value` in hex, at least `width` digits.
-    fn push_hex(&mut self, value: u64, width: usize) {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let digits = (16 - value.leading_zeros() as usize / 4).max(width).min(16);
-        for i in (0..digits).rev() {
-            self.hex[self.len] = DIGITS[((value >> (i * 4)) & 0xf) as usize];
-            self.len += 1;
-        }
-    }
-
     fn as_str(&self) -> &str {
         // Only ASCII hex digits are ever written.
         std::str::from_utf8(&self.hex[..self.len]).unwrap_or("-")
@@ -547,15 +542,17 @@ mod tests {
     #[test]
     fn request_ids_read_as_the_formatted_prefix_and_counter() {
         let ids = RequestIds::new();
-        for n in [0u64, 1, 0xabc, u64::from(u32::MAX), 1 << 40] {
+        for n in [
+            0u64,
+            1,
+            0xabc,
+            u64::from(u32::MAX),
+            1 << 32,
+            1 << 40,
+            u64::MAX,
+        ] {
             ids.counter.store(n, Ordering::Relaxed);
             assert_eq!(ids.next().as_str(), format!("{:016x}{:08x}", ids.prefix, n));
         }
-        let mut small = RequestId {
-            hex: [0; 32],
-            len: 0,
-        };
-        small.push_hex(0, 16);
-        assert_eq!(small.as_str(), "0000000000000000");
     }
 }

@@ -22,6 +22,7 @@ use crate::credentials::JobToken;
 use crate::metrics::Metrics;
 use crate::project::is_valid_project_path;
 use crate::settings::{CacheSettings, Upstream};
+use crate::worker::PerWorker;
 
 fn lock(front: &Front) -> MutexGuard<'_, HashMap<[u8; 32], Remembered, DigestHasher>> {
     // Only answers live there: a panic elsewhere leaves nothing half-written worth refusing.
@@ -90,8 +91,8 @@ type DigestHasher = foldhash::fast::RandomState;
 
 pub struct OriginResolver {
     cache: Cache<[u8; 32], Remembered, DigestHasher>,
-    /// One per worker slot (`crate::worker`).
-    fronts: Box<[Front]>,
+    /// One per server worker.
+    fronts: PerWorker<Front>,
     ttl: Duration,
     negative_ttl: Duration,
     client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
@@ -126,9 +127,7 @@ impl OriginResolver {
                 .max_capacity(cache.max_entries)
                 .expire_after(UntilExpiry)
                 .build_with_hasher(DigestHasher::default()),
-            fronts: (0..crate::worker::slots(workers))
-                .map(|_| Mutex::default())
-                .collect(),
+            fronts: PerWorker::new(workers, Front::default),
             ttl: cache.ttl,
             negative_ttl: cache.negative_ttl,
             client,
@@ -143,10 +142,7 @@ impl OriginResolver {
     pub async fn resolve(&self, token: &JobToken) -> Result<TokenKind, OriginError> {
         let key = token.sha256();
         let now = Instant::now();
-        let front = self
-            .fronts
-            .get(crate::worker::slot())
-            .unwrap_or(&self.fronts[0]);
+        let front = self.fronts.local();
         if let Some(hit) = lock(front).get(&key).filter(|r| r.expires_at > now) {
             self.metrics.origin_cache_hit();
             return Ok(hit.kind.clone());

@@ -1,8 +1,8 @@
 //! Upstream connections: HTTP/1.1 connections to the forge, pooled per worker thread.
 //!
-//! Each server worker has its own idle list (index `worker + 1`; index 0 serves any other
-//! thread), and the task that drives a connection runs on the worker that opened it, so a
-//! forwarded request is written, answered and returned to the pool without leaving its thread.
+//! Each server worker has its own idle list (`PerWorker`), and the task that drives a
+//! connection runs on the worker that opened it, so a forwarded request is written, answered
+//! and returned to the pool without leaving its thread.
 //! A connection goes back to the list as soon as its response head arrived; it is handed out
 //! again only once hyper reports it ready (the previous response was read to its end).
 
@@ -19,6 +19,7 @@ use tower_service::Service;
 use crate::body::ForwardBody;
 use crate::forward::error_chain;
 use crate::settings::Upstream;
+use crate::worker::PerWorker;
 
 /// Connections kept per worker, busy or idle; a connection returned to a full list is closed.
 const MAX_POOLED: usize = 1024;
@@ -46,7 +47,7 @@ pub struct UpstreamPool {
     /// `scheme://authority/`: what the connector dials (and verifies, for https).
     connect_to: Uri,
     idle_timeout: Duration,
-    lists: Box<[Mutex<Vec<Pooled>>]>,
+    lists: PerWorker<Mutex<Vec<Pooled>>>,
 }
 
 impl UpstreamPool {
@@ -65,9 +66,7 @@ impl UpstreamPool {
             connector,
             connect_to,
             idle_timeout,
-            lists: (0..crate::worker::slots(workers))
-                .map(|_| Mutex::new(Vec::new()))
-                .collect(),
+            lists: PerWorker::new(workers, Mutex::default),
         })
     }
 
@@ -100,17 +99,10 @@ impl UpstreamPool {
         }
     }
 
-    fn list(&self) -> &Mutex<Vec<Pooled>> {
-        // `lists` always has slot 0.
-        self.lists
-            .get(crate::worker::slot())
-            .unwrap_or(&self.lists[0])
-    }
-
     /// The most recently returned connection that is ready for a request; closed and
     /// long-idle ones met on the way are dropped.
     fn checkout(&self) -> Option<SendRequest<ForwardBody>> {
-        let mut list = self.list().lock().unwrap_or_else(|e| e.into_inner());
+        let mut list = self.lists.local().lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         let mut i = list.len();
         while i > 0 {
@@ -131,7 +123,7 @@ impl UpstreamPool {
         if sender.is_closed() {
             return;
         }
-        let mut list = self.list().lock().unwrap_or_else(|e| e.into_inner());
+        let mut list = self.lists.local().lock().unwrap_or_else(|e| e.into_inner());
         if list.len() < MAX_POOLED {
             list.push(Pooled {
                 sender,

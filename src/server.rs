@@ -10,10 +10,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -85,17 +85,20 @@ pub async fn serve(
     let stop = shutdown.child_token();
     let _stop_workers = stop.clone().drop_guard();
     let options = Arc::new(options);
-    let mut workers = Vec::with_capacity(options.workers.max(1));
-    let mut finished = Vec::with_capacity(options.workers.max(1));
-    for index in 0..options.workers.max(1) {
+    let count = options.workers.max(1);
+    let mut workers = Vec::with_capacity(count);
+    let mut finished = Vec::with_capacity(count);
+    for index in 0..count {
         let (handoff, incoming) = mpsc::unbounded_channel();
         let (done, finished_rx) = tokio::sync::oneshot::channel::<()>();
-        let load = Arc::new(AtomicUsize::new(0));
+        // What the worker serves, as the metrics show it: the accept loop counts a connection
+        // in when it hands it over, the worker counts it out when it closes.
+        let load = gateway.metrics.worker_connections(index);
         let worker = Worker {
             index,
             gateway: Arc::clone(&gateway),
             options: Arc::clone(&options),
-            load: Arc::clone(&load),
+            load: load.clone(),
             shutdown: stop.clone(),
         };
         let spawned = std::thread::Builder::new()
@@ -125,8 +128,8 @@ pub async fn serve(
 /// The accepting side's view of a worker.
 struct WorkerHandle {
     handoff: mpsc::UnboundedSender<Accepted>,
-    /// Connections the worker serves now.
-    load: Arc<AtomicUsize>,
+    /// Connections handed to the worker and not yet closed.
+    load: Gauge,
 }
 
 /// A connection on its way to a worker, with its slot under `max_connections`.
@@ -171,13 +174,10 @@ async fn accept_loop(
         let Ok(stream) = stream.into_std() else {
             continue;
         };
-        let Some(worker) = workers
-            .iter()
-            .min_by_key(|w| w.load.load(Ordering::Relaxed))
-        else {
+        let Some(worker) = workers.iter().min_by_key(|w| w.load.get()) else {
             return;
         };
-        worker.load.fetch_add(1, Ordering::Relaxed);
+        worker.load.inc();
         if worker
             .handoff
             .send(Accepted {
@@ -187,7 +187,7 @@ async fn accept_loop(
             })
             .is_err()
         {
-            worker.load.fetch_sub(1, Ordering::Relaxed);
+            worker.load.dec();
             tracing::error!("a worker thread is gone; its share of connections is refused");
         }
     }
@@ -198,7 +198,8 @@ struct Worker {
     index: usize,
     gateway: Arc<Gateway>,
     options: Arc<ServerOptions>,
-    load: Arc<AtomicUsize>,
+    /// This worker's `scopegate_worker_connections` (the accept loop's measure of its load).
+    load: Gauge,
     shutdown: CancellationToken,
 }
 
@@ -222,7 +223,6 @@ impl Worker {
         let options = &self.options;
         let graceful = GracefulShutdown::new();
         let builder = connection_builder(options);
-        let open_here = self.gateway.metrics.worker_connections(self.index);
         loop {
             let accepted = tokio::select! {
                 _ = self.shutdown.cancelled() => break,
@@ -240,7 +240,7 @@ impl Worker {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot register a connection");
-                    self.load.fetch_sub(1, Ordering::Relaxed);
+                    self.load.dec();
                     continue;
                 }
             };
@@ -250,11 +250,9 @@ impl Worker {
             let builder = builder.clone();
             let gw = Arc::clone(&self.gateway);
             let tls = options.tls.clone();
-            let load = Arc::clone(&self.load);
-            let open_here = open_here.clone();
+            let load = self.load.clone();
             tokio::spawn(async move {
                 gw.metrics.connection_opened();
-                open_here.inc();
                 match tls {
                     None => {
                         let conn = ClientConn::new(client, ClientScheme::Http);
@@ -281,8 +279,7 @@ impl Worker {
                     }
                 }
                 gw.metrics.connection_closed();
-                open_here.dec();
-                load.fetch_sub(1, Ordering::Relaxed);
+                load.dec();
                 drop(permit);
             });
         }

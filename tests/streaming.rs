@@ -30,6 +30,15 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// The stand-in forge answered 200 and echoes a body of `len` bytes with this SHA-256.
+async fn assert_echoed(resp: http::Response<hyper::body::Incoming>, len: u64, sha256: &str) {
+    assert_eq!(resp.status(), 200);
+    let echo: serde_json::Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(echo["body_len"], len);
+    assert_eq!(echo["body_sha256"], sha256);
+}
+
 struct Upload {
     sent: u64,
     block: Bytes,
@@ -129,11 +138,7 @@ async fn big_bodies_stream_in_bounded_memory() {
     .body(body)
     .unwrap();
     let resp = client.request(req).await.unwrap();
-    assert_eq!(resp.status(), 200);
-    let echo: serde_json::Value =
-        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
-    assert_eq!(echo["body_len"], SIZE);
-    assert_eq!(echo["body_sha256"], expected.as_str());
+    assert_echoed(resp, SIZE, &expected).await;
 
     // Download: hash what arrives, chunk by chunk.
     let req = http::Request::get(format!(
@@ -199,11 +204,7 @@ async fn big_bodies_stream_in_bounded_memory() {
         .body(body)
         .unwrap();
     let resp = client.request(req).await.unwrap();
-    assert_eq!(resp.status(), 200);
-    let echo: serde_json::Value =
-        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
-    assert_eq!(echo["body_len"], total);
-    assert_eq!(echo["body_sha256"], hex::encode(want.finalize()).as_str());
+    assert_echoed(resp, total, &hex::encode(want.finalize())).await;
 
     let peak = peak_rss_kib(child.id());
     let _ = child.kill();
