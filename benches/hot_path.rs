@@ -6,7 +6,7 @@ use std::hint::black_box;
 
 // The allocator the binary uses (src/main.rs).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: scopegate::allocator::Allocator = scopegate::allocator::Allocator;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::{HeaderMap, HeaderValue, Method};

@@ -5,6 +5,7 @@
 //! driven by [`handler`]; the policy lives in one [`snapshot`] compiled from the [`scope`] file.
 
 pub mod admin;
+pub mod allocator;
 pub mod authlog;
 pub mod body;
 pub mod cli;

@@ -9,7 +9,7 @@ use scopegate::settings::LogFormat;
 // every worker thread; mimalloc's thread-local free lists serve those several times faster than
 // glibc's malloc and return memory to the OS as readily.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: scopegate::allocator::Allocator = scopegate::allocator::Allocator;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
