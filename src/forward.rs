@@ -61,18 +61,27 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         return;
     }
     if present & 1 != 0 {
-        // The names listed in Connection go too.
-        let listed: Vec<HeaderValue> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .cloned()
-            .collect();
-        for value in &listed {
+        // The names listed in Connection go too. Nearly always that is `keep-alive`, `close`
+        // or `upgrade`: the first and last go below anyway, and `close` names a header only
+        // in theory, so only other names are looked up (this runs on most responses).
+        let mut listed: Vec<HeaderName> = Vec::new();
+        for value in headers.get_all(header::CONNECTION) {
             for name in value.as_bytes().split(|&b| b == b',') {
-                if let Ok(name) = HeaderName::from_bytes(name.trim_ascii()) {
-                    headers.remove(&name);
+                let name = name.trim_ascii();
+                let known = [b"keep-alive".as_slice(), b"upgrade", b"close"]
+                    .iter()
+                    .any(|k| name.eq_ignore_ascii_case(k));
+                if known && !(name.eq_ignore_ascii_case(b"close") && headers.contains_key("close"))
+                {
+                    continue;
+                }
+                if let Ok(name) = HeaderName::from_bytes(name) {
+                    listed.push(name);
                 }
             }
+        }
+        for name in &listed {
+            headers.remove(name);
         }
     }
     for (index, name) in HOP_BY_HOP.iter().enumerate() {
@@ -361,6 +370,25 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+
+        // The common options: `close` removes a header of that name too, if there is one.
+        for (connection, close_header) in [
+            ("Keep-Alive", false),
+            ("close", true),
+            ("Close, Upgrade", true),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONNECTION, HeaderValue::from_static(connection));
+            h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            if close_header {
+                h.insert("close", HeaderValue::from_static("1"));
+            }
+            h.insert("x-kept", HeaderValue::from_static("1"));
+            strip_hop_by_hop(&mut h);
+            let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+            assert_eq!(left, ["x-kept"], "Connection: {connection}");
+        }
     }
 
     #[test]
