@@ -13,11 +13,20 @@
 //! - [`target`]: `METHOD SP raw-path[?query]` on one line (all bytes after the first space
 //!   are the path; the first `?` starts the query). An invalid method reads as `GET`.
 //! - [`scope_file`]: the whole input is the scope file text (invalid UTF-8 replaced).
+//! - [`body`]: the first line names the parser, `json` or `multipart BOUNDARY`; the second
+//!   line lists chunk sizes (decimal, space-separated, used in turn; none or none valid:
+//!   1, 2, 3, 5, 7); the rest is the body, cut into chunks of those sizes for the streaming
+//!   parser.
 
 use std::ops::Range;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
+use bytes::Bytes;
+
+use crate::body::json::{json_fields, JsonScanner};
+use crate::body::multipart::{multipart_fields, Stepper};
+use crate::body::{BodyError, Fields};
 use crate::credentials::{self, Credentials};
 use crate::project::{is_valid_group_path, is_valid_project_path, ProjectRef};
 use crate::scope::{self, ScopeLimits};
@@ -305,5 +314,119 @@ pub fn scope_file(data: &[u8]) {
             }
         }
         Err(scope::ScopeError::Io { .. }) => panic!("load_str does no I/O"),
+    }
+}
+
+/// The body parsers on arbitrary bytes: never panic; the streaming parsers (what a body over
+/// the inspection cap goes through) give the same answer however the body is cut into chunks,
+/// so that TCP segmentation cannot change what the gateway reads; and for multipart, the
+/// whole-body parse and the stream read the same credential parts.
+pub fn body(data: &[u8]) {
+    let (head, rest) = split_line(data);
+    let (sizes, body) = split_line(rest);
+    let mut sizes: Vec<usize> = String::from_utf8_lossy(sizes)
+        .split(' ')
+        .filter_map(|n| n.parse().ok())
+        .filter(|&n| (1..=65_536).contains(&n))
+        .collect();
+    if sizes.is_empty() {
+        sizes = vec![1, 2, 3, 5, 7];
+    }
+    let chunks = cut(body, &sizes);
+    if head == b"json" {
+        // The whole-body parser: total (no panic), deterministic.
+        assert_eq!(json_fields(body), json_fields(body));
+        let once = json_streamed(&[body]);
+        let pieces = json_streamed(&chunks);
+        assert_eq!(
+            once, pieces,
+            "the JSON scanner's answer depends on the chunks"
+        );
+    } else if let Some(boundary) = head.strip_prefix(b"multipart ") {
+        let Ok(boundary) = std::str::from_utf8(boundary) else {
+            return;
+        };
+        if boundary.is_empty() {
+            return;
+        }
+        let once = multipart_streamed(&[body], boundary);
+        let pieces = multipart_streamed(&chunks, boundary);
+        assert_eq!(
+            once, pieces,
+            "the multipart stream's answer depends on the chunks"
+        );
+        if !body.is_empty() {
+            let whole = multipart_whole(body, boundary);
+            assert_eq!(
+                whole.is_ok(),
+                once.is_ok(),
+                "whole-body and streamed multipart disagree on validity: {whole:?} / {once:?}"
+            );
+            if let (Ok(whole), Ok(once)) = (&whole, &once) {
+                assert_eq!(
+                    whole, once,
+                    "whole-body and streamed multipart read other parts"
+                );
+            }
+        }
+    }
+}
+
+/// (first line, the rest); the whole input and nothing when there is no newline.
+fn split_line(data: &[u8]) -> (&[u8], &[u8]) {
+    match data.iter().position(|&b| b == b'\n') {
+        Some(at) => (&data[..at], &data[at + 1..]),
+        None => (data, &[]),
+    }
+}
+
+fn cut<'a>(body: &'a [u8], sizes: &[usize]) -> Vec<&'a [u8]> {
+    let mut chunks = Vec::new();
+    let mut rest = body;
+    for &size in sizes.iter().cycle() {
+        if rest.is_empty() {
+            break;
+        }
+        let (chunk, tail) = rest.split_at(size.min(rest.len()));
+        chunks.push(chunk);
+        rest = tail;
+    }
+    chunks
+}
+
+/// Every credential field the JSON scanner reports over `chunks`, as a held body is scanned.
+fn json_streamed(chunks: &[&[u8]]) -> Result<Fields, BodyError> {
+    let mut scanner = JsonScanner::new(1 << 20);
+    let mut fields = Vec::new();
+    for chunk in chunks {
+        fields.extend(scanner.feed(chunk)?);
+    }
+    fields.extend(scanner.finish()?);
+    Ok(fields)
+}
+
+/// Every credential part the multipart stepper reports over `chunks`, as a held body is read.
+fn multipart_streamed(chunks: &[&[u8]], boundary: &str) -> Result<Fields, BodyError> {
+    let mut stepper = Stepper::new(boundary.to_owned(), usize::MAX);
+    let mut fields = Vec::new();
+    for chunk in chunks {
+        fields.extend(stepper.step(Some(Bytes::copy_from_slice(chunk)))?);
+    }
+    fields.extend(stepper.step(None)?);
+    Ok(fields)
+}
+
+/// The whole-body multipart parse. Its stream holds the whole body, so the parse never waits:
+/// one poll finishes it.
+fn multipart_whole(body: &[u8], boundary: &str) -> Result<Fields, BodyError> {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    let mut parse = std::pin::pin!(multipart_fields(
+        Bytes::copy_from_slice(body),
+        boundary.to_owned()
+    ));
+    match parse.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(result) => result,
+        Poll::Pending => panic!("the whole-body multipart parse waited for nothing"),
     }
 }

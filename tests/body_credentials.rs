@@ -805,6 +805,46 @@ async fn chunked_multipart_growing_past_the_cap_streams() {
     }
 }
 
+/// A UTF-8 byte order mark cut across the body's first chunks is skipped as one sent whole:
+/// how the client cuts its body cannot make a JSON document look like something else and let
+/// a credential in it pass unread (found by the `body` fuzz target's chunking invariant).
+#[tokio::test]
+async fn a_byte_order_mark_cut_across_chunks_hides_nothing() {
+    let h = Harness::start_with(MATRIX, |s| s.limits.max_inspected_body = 4096).await;
+    const BOM: &[u8] = b"\xEF\xBB\xBF";
+    // A held JSON document (over the cap) with another job token at its end.
+    let head = format!(
+        "POST {UPLOAD} HTTP/1.1\r\nHost: gw\r\nJOB-TOKEN: {BOT}\r\nContent-Type: application/json\r\n"
+    );
+    let doc = [BOM, &big_json(&format!(r#","job_token":"{APP}""#))].concat();
+    let mut chunks: Vec<&[u8]> = vec![&doc[..1], &doc[1..2]];
+    chunks.extend(doc[2..].chunks(64 * 1024));
+    let resp = chunked(&h, &head, &chunks, "").await;
+    assert!(
+        resp.starts_with("HTTP/1.1 400"),
+        "{}",
+        &resp[..resp.len().min(300)]
+    );
+    assert!(resp.contains("more than one"), "{resp}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for seen in h.forge.requests() {
+        assert!(!seen.body_complete, "the forge got a complete body");
+        assert!(seen.body_len < doc.len() as u64);
+    }
+
+    // A body without a type (read as JSON by the forge when it is an object), peeked at.
+    h.forge.clear();
+    let head = format!("PUT {ALLOWED} HTTP/1.1\r\nHost: gw\r\nJOB-TOKEN: {BOT}\r\n");
+    let doc = [BOM, format!(r#"{{"job_token":"{APP}"}}"#).as_bytes()].concat();
+    let resp = chunked(&h, &head, &[&doc[..2], &doc[2..]], "").await;
+    assert!(
+        resp.starts_with("HTTP/1.1 400"),
+        "{}",
+        &resp[..resp.len().min(300)]
+    );
+    assert!(h.reached().is_empty(), "the forge was sent the request");
+}
+
 #[tokio::test]
 async fn empty_bodies_of_inspectable_types_pass() {
     let h = Harness::start(MATRIX).await;

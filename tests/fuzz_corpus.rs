@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 
 type Harness = fn(&[u8]);
 
-const TARGETS: [(&str, Harness); 3] = [
+const TARGETS: [(&str, Harness); 4] = [
     ("credentials", scopegate::fuzzing::credentials),
     ("target", scopegate::fuzzing::target),
     ("scope_file", scopegate::fuzzing::scope_file),
+    ("body", scopegate::fuzzing::body),
 ];
 
 fn corpus_files(target: &str) -> Vec<PathBuf> {
@@ -55,6 +56,11 @@ fn target_corpus() {
 #[test]
 fn scope_file_corpus() {
     replay(TARGETS[2].0, TARGETS[2].1);
+}
+
+#[test]
+fn body_corpus() {
+    replay(TARGETS[3].0, TARGETS[3].1);
 }
 
 /// Every fuzz target has a corpus directory and nothing else lives under `fuzz/corpus/`.

@@ -5,14 +5,14 @@ use std::fmt;
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use super::{BodyError, Fields, MAX_JSON_DEPTH};
+use super::{BodyError, Fields, BOM, MAX_JSON_DEPTH};
 use crate::credentials;
 
 /// (key, value) of every top-level key of a JSON object that is a credential parameter;
 /// duplicates all count (Ruby keeps the last). A non-object body has no parameters but must
 /// still be valid JSON (the forge answers 400 otherwise). A credential's value must be a
 /// string, null, or an array of them.
-pub(super) fn json_fields(bytes: &[u8]) -> Result<Fields, BodyError> {
+pub(crate) fn json_fields(bytes: &[u8]) -> Result<Fields, BodyError> {
     const BAD: BodyError =
         BodyError::Malformed("invalid JSON, or a credential that is not a string");
     // Grape skips an empty body (`return if body.empty?`); whitespace alone is invalid JSON.
@@ -194,37 +194,62 @@ enum JsonState {
 /// cap), and hands each completed credential member to [`json_fields`] to be read like a
 /// small body. What Ruby's parser might accept and a strict one would not (comments) is
 /// refused.
-pub(super) struct JsonScanner {
+pub(crate) struct JsonScanner {
     state: JsonState,
     cap: usize,
     key: Vec<u8>,
     /// The current member's raw value, when its key is a credential parameter.
     value: Option<Vec<u8>>,
-    at_start: bool,
+    /// Bytes of a UTF-8 BOM matched at the very start (a chunk may end inside it).
+    bom: usize,
+    /// A byte other than a leading BOM has been scanned.
+    content: bool,
 }
 
 impl JsonScanner {
-    pub(super) fn new(cap: usize) -> Self {
+    pub(crate) fn new(cap: usize) -> Self {
         JsonScanner {
             state: JsonState::Start,
             cap,
             key: Vec::new(),
             value: None,
-            at_start: true,
+            bom: 0,
+            content: false,
         }
     }
 
-    pub(super) fn feed(&mut self, chunk: &[u8]) -> Result<Fields, BodyError> {
-        const BAD: BodyError = BodyError::Malformed("invalid JSON");
+    pub(crate) fn feed(&mut self, chunk: &[u8]) -> Result<Fields, BodyError> {
         let mut fields = Vec::new();
-        let chunk = match self.at_start {
-            true => chunk.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(chunk),
-            false => chunk,
-        };
-        if !chunk.is_empty() {
-            self.at_start = false;
+        let (partial_bom, chunk) = self.skip_bom(chunk);
+        self.scan(partial_bom, &mut fields)?;
+        self.scan(chunk, &mut fields)?;
+        Ok(fields)
+    }
+
+    /// Skip a UTF-8 BOM at the very start, wherever the chunks cut it: what the scanner reads
+    /// may not depend on how the body arrived. Returns the bytes of a partial BOM that turned
+    /// out to be content (to scan first) and the rest of the chunk.
+    fn skip_bom<'c>(&mut self, mut chunk: &'c [u8]) -> (&'static [u8], &'c [u8]) {
+        while !self.content && self.bom < BOM.len() {
+            let Some((&b, rest)) = chunk.split_first() else {
+                return (&[], chunk);
+            };
+            if b != BOM[self.bom] {
+                self.content = true;
+                return (&BOM[..self.bom], chunk);
+            }
+            self.bom += 1;
+            chunk = rest;
         }
-        for &b in chunk {
+        if !chunk.is_empty() {
+            self.content = true;
+        }
+        (&[], chunk)
+    }
+
+    fn scan(&mut self, bytes: &[u8], fields: &mut Fields) -> Result<(), BodyError> {
+        const BAD: BodyError = BodyError::Malformed("invalid JSON");
+        for &b in bytes {
             let ws = matches!(b, b' ' | b'\t' | b'\r' | b'\n');
             self.state = match self.state {
                 JsonState::NotObject => JsonState::NotObject,
@@ -341,7 +366,7 @@ impl JsonScanner {
                 JsonState::End => return Err(BAD),
             };
         }
-        Ok(fields)
+        Ok(())
     }
 
     fn in_string(&self) -> bool {
@@ -365,10 +390,15 @@ impl JsonScanner {
         Ok(())
     }
 
-    pub(super) fn finish(&mut self) -> Result<Fields, BodyError> {
+    pub(crate) fn finish(&mut self) -> Result<Fields, BodyError> {
+        if !self.content && self.bom > 0 && self.bom < BOM.len() {
+            // The body ended inside what could have begun a BOM: those bytes were content.
+            self.content = true;
+            self.scan(&BOM[..self.bom], &mut Vec::new())?;
+        }
         match self.state {
             JsonState::End | JsonState::NotObject => Ok(Vec::new()),
-            JsonState::Start if self.at_start => Ok(Vec::new()),
+            JsonState::Start if !self.content => Ok(Vec::new()),
             _ => Err(BodyError::Malformed("invalid JSON: the body ended early")),
         }
     }

@@ -38,14 +38,14 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use crate::credentials::{self, BodyCredentials, JobToken, LateField};
 use crate::error::GatewayError;
 
-mod json;
-mod multipart;
+pub(crate) mod json;
+pub(crate) mod multipart;
 
 use json::{json_fields, JsonScanner};
 use multipart::{multipart_fields, Stepper};
 
 /// (parameter name, value) pairs read from a body: credential parameters only.
-type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+pub(crate) type Fields = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// Fields as text, for the parsers' tests.
 #[cfg(test)]
@@ -266,12 +266,13 @@ pub async fn inspect(
         Plan::Untyped { form: false } => {
             let mut peeked = Vec::new();
             let mut len = 0usize;
+            let mut lead = FirstSignificant::default();
             let first = loop {
                 let Some(chunk) = next_data(&mut body).await? else {
-                    break None;
+                    break lead.finish();
                 };
                 len += chunk.len();
-                let first = first_significant(&chunk, peeked.is_empty());
+                let first = lead.push(&chunk);
                 peeked.push(chunk);
                 if first.is_some() {
                     break first;
@@ -340,7 +341,7 @@ pub async fn inspect(
         Plan::Json => BodyCredentials::fields(json_fields(&bytes)?),
         Plan::Untyped { .. } => {
             // A POST without a type: Rack reads it as a form and Grape as JSON.
-            let fields = if matches!(first_significant(&bytes, true), Some(b'{' | b'/')) {
+            let fields = if matches!(first_significant(&bytes), Some(b'{' | b'/')) {
                 json_fields(&bytes)?
             } else {
                 Vec::new()
@@ -420,16 +421,54 @@ fn reserve(
     Ok(())
 }
 
-/// The first byte that is not JSON whitespace (nor, at the very start, a UTF-8 BOM).
-fn first_significant(chunk: &[u8], at_start: bool) -> Option<u8> {
-    let chunk = match at_start {
-        true => chunk.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(chunk),
-        false => chunk,
-    };
-    chunk
-        .iter()
-        .copied()
-        .find(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+/// The UTF-8 byte order mark, skipped at the very start of a JSON body.
+const BOM: &[u8; 3] = b"\xEF\xBB\xBF";
+
+/// The first byte of a body that is not JSON whitespace nor part of a UTF-8 BOM at its very
+/// start, found chunk by chunk: a BOM cut across chunks is skipped all the same, so that what
+/// the gateway reads does not depend on how the body arrived.
+#[derive(Default)]
+struct FirstSignificant {
+    /// Bytes of a leading BOM matched so far.
+    bom: usize,
+    /// A byte other than a leading BOM has been seen.
+    content: bool,
+}
+
+impl FirstSignificant {
+    fn push(&mut self, mut chunk: &[u8]) -> Option<u8> {
+        while !self.content && self.bom < BOM.len() {
+            let (&b, rest) = chunk.split_first()?;
+            if b != BOM[self.bom] {
+                self.content = true;
+                if self.bom > 0 {
+                    // A partial BOM is content, and not whitespace.
+                    return Some(BOM[0]);
+                }
+                break;
+            }
+            self.bom += 1;
+            chunk = rest;
+        }
+        if !chunk.is_empty() {
+            self.content = true;
+        }
+        chunk
+            .iter()
+            .copied()
+            .find(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+    }
+
+    /// At the end of the body: the first byte of a partial BOM it ended in, if any.
+    fn finish(&self) -> Option<u8> {
+        (!self.content && self.bom > 0 && self.bom < BOM.len()).then_some(BOM[0])
+    }
+}
+
+/// [`FirstSignificant`] of a whole body.
+fn first_significant(bytes: &[u8]) -> Option<u8> {
+    let mut lead = FirstSignificant::default();
+    lead.push(bytes).or_else(|| lead.finish())
 }
 
 /// A multipart or JSON body larger than the cap. The request was decided on its other
@@ -820,9 +859,44 @@ mod tests {
 
     #[test]
     fn first_significant_skips_whitespace_and_bom() {
-        assert_eq!(first_significant(b" \r\n\t{", true), Some(b'{'));
-        assert_eq!(first_significant(b"\xEF\xBB\xBF {", true), Some(b'{'));
-        assert_eq!(first_significant(b"\xEF\xBB\xBF", false), Some(0xEF));
-        assert_eq!(first_significant(b"  ", true), None);
+        assert_eq!(first_significant(b" \r\n\t{"), Some(b'{'));
+        assert_eq!(first_significant(b"\xEF\xBB\xBF {"), Some(b'{'));
+        assert_eq!(first_significant(b"\xEF\xBB\xBF"), None);
+        assert_eq!(first_significant(b"  "), None);
+        // Only at the very start: a second BOM is content.
+        assert_eq!(first_significant(b"\xEF\xBB\xBF\xEF\xBB\xBF{"), Some(0xEF));
+        // A partial BOM is content, at the end of the body too.
+        assert_eq!(first_significant(b"\xEF\xBB{"), Some(0xEF));
+        assert_eq!(first_significant(b"\xEF"), Some(0xEF));
+    }
+
+    /// However the body's chunks cut it (a BOM included), the first significant byte is the
+    /// one the whole body has: a client choosing its chunks cannot make a JSON body look like
+    /// something the gateway streams uninspected.
+    #[test]
+    fn first_significant_does_not_depend_on_the_chunks() {
+        for body in [
+            &b"\xEF\xBB\xBF{\"private_token\":\"x\"}"[..],
+            b"\xEF\xBB\xBF  \n{}",
+            b"\xEF\xBB[1]",
+            b"\xEF",
+            b"  \xEF\xBB\xBF{",
+            b"\r\n {",
+            b"",
+        ] {
+            let whole = first_significant(body);
+            for size in 1..=4 {
+                let mut lead = FirstSignificant::default();
+                let mut first = None;
+                for chunk in body.chunks(size) {
+                    first = lead.push(chunk);
+                    if first.is_some() {
+                        break;
+                    }
+                }
+                let first = first.or_else(|| lead.finish());
+                assert_eq!(first, whole, "{body:?} in chunks of {size}");
+            }
+        }
     }
 }

@@ -14,7 +14,7 @@ use super::{BodyError, Fields};
 use crate::credentials;
 
 /// (name, value) of every multipart part whose name is a credential parameter.
-pub(super) async fn multipart_fields(bytes: Bytes, boundary: String) -> Result<Fields, BodyError> {
+pub(crate) async fn multipart_fields(bytes: Bytes, boundary: String) -> Result<Fields, BodyError> {
     // Rack: an empty multipart body has no parameters (and is no error).
     if bytes.is_empty() {
         return Ok(Vec::new());
@@ -190,14 +190,14 @@ impl futures_core::Stream for Slot {
 /// for is the next chunk.)
 type Parse = Pin<Box<dyn Future<Output = Result<(), BodyError>> + Send>>;
 
-pub(super) struct Stepper {
+pub(crate) struct Stepper {
     slot: Arc<Mutex<SlotState>>,
     found: Arc<Mutex<Fields>>,
     parse: Option<Parse>,
 }
 
 impl Stepper {
-    pub(super) fn new(boundary: String, value_cap: usize) -> Self {
+    pub(crate) fn new(boundary: String, value_cap: usize) -> Self {
         let slot = Arc::new(Mutex::new(SlotState::default()));
         let found = Arc::new(Mutex::new(Vec::new()));
         let parse = Box::pin(walk_multipart(
@@ -214,7 +214,7 @@ impl Stepper {
     }
 
     /// Feed one chunk (None: the body ended) and return the credential parts completed by it.
-    pub(super) fn step(&mut self, chunk: Option<Bytes>) -> Result<Fields, BodyError> {
+    pub(crate) fn step(&mut self, chunk: Option<Bytes>) -> Result<Fields, BodyError> {
         let eof = chunk.is_none();
         {
             let mut state = locked(&self.slot);
