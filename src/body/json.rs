@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use super::{BodyError, Fields, BOM, MAX_JSON_DEPTH};
+use super::{BodyError, Fields, LeadingBom, MAX_JSON_DEPTH};
 use crate::credentials;
 
 /// (key, value) of every top-level key of a JSON object that is a credential parameter;
@@ -200,10 +200,7 @@ pub(crate) struct JsonScanner {
     key: Vec<u8>,
     /// The current member's raw value, when its key is a credential parameter.
     value: Option<Vec<u8>>,
-    /// Bytes of a UTF-8 BOM matched at the very start (a chunk may end inside it).
-    bom: usize,
-    /// A byte other than a leading BOM has been scanned.
-    content: bool,
+    bom: LeadingBom,
 }
 
 impl JsonScanner {
@@ -213,38 +210,17 @@ impl JsonScanner {
             cap,
             key: Vec::new(),
             value: None,
-            bom: 0,
-            content: false,
+            bom: LeadingBom::default(),
         }
     }
 
     pub(crate) fn feed(&mut self, chunk: &[u8]) -> Result<Fields, BodyError> {
         let mut fields = Vec::new();
-        let (partial_bom, chunk) = self.skip_bom(chunk);
+        // A BOM at the very start is skipped, wherever the chunks cut it.
+        let (partial_bom, chunk) = self.bom.skip(chunk);
         self.scan(partial_bom, &mut fields)?;
         self.scan(chunk, &mut fields)?;
         Ok(fields)
-    }
-
-    /// Skip a UTF-8 BOM at the very start, wherever the chunks cut it: what the scanner reads
-    /// may not depend on how the body arrived. Returns the bytes of a partial BOM that turned
-    /// out to be content (to scan first) and the rest of the chunk.
-    fn skip_bom<'c>(&mut self, mut chunk: &'c [u8]) -> (&'static [u8], &'c [u8]) {
-        while !self.content && self.bom < BOM.len() {
-            let Some((&b, rest)) = chunk.split_first() else {
-                return (&[], chunk);
-            };
-            if b != BOM[self.bom] {
-                self.content = true;
-                return (&BOM[..self.bom], chunk);
-            }
-            self.bom += 1;
-            chunk = rest;
-        }
-        if !chunk.is_empty() {
-            self.content = true;
-        }
-        (&[], chunk)
     }
 
     fn scan(&mut self, bytes: &[u8], fields: &mut Fields) -> Result<(), BodyError> {
@@ -391,14 +367,12 @@ impl JsonScanner {
     }
 
     pub(crate) fn finish(&mut self) -> Result<Fields, BodyError> {
-        if !self.content && self.bom > 0 && self.bom < BOM.len() {
-            // The body ended inside what could have begun a BOM: those bytes were content.
-            self.content = true;
-            self.scan(&BOM[..self.bom], &mut Vec::new())?;
-        }
+        // The body ended inside what could have begun a BOM: those bytes were content.
+        let partial_bom = self.bom.finish();
+        self.scan(partial_bom, &mut Vec::new())?;
         match self.state {
             JsonState::End | JsonState::NotObject => Ok(Vec::new()),
-            JsonState::Start if !self.content => Ok(Vec::new()),
+            JsonState::Start if !self.bom.seen_content() => Ok(Vec::new()),
             _ => Err(BodyError::Malformed("invalid JSON: the body ended early")),
         }
     }

@@ -424,44 +424,70 @@ fn reserve(
 /// The UTF-8 byte order mark, skipped at the very start of a JSON body.
 const BOM: &[u8; 3] = b"\xEF\xBB\xBF";
 
-/// The first byte of a body that is not JSON whitespace nor part of a UTF-8 BOM at its very
-/// start, found chunk by chunk: a BOM cut across chunks is skipped all the same, so that what
-/// the gateway reads does not depend on how the body arrived.
-#[derive(Default)]
-struct FirstSignificant {
-    /// Bytes of a leading BOM matched so far.
-    bom: usize,
+/// A BOM at the very start of a body read in chunks, skipped wherever the chunks cut it: what
+/// the gateway reads may not depend on how the body arrived.
+#[derive(Debug, Default)]
+struct LeadingBom {
+    /// Bytes of the BOM matched so far.
+    matched: usize,
     /// A byte other than a leading BOM has been seen.
     content: bool,
 }
 
-impl FirstSignificant {
-    fn push(&mut self, mut chunk: &[u8]) -> Option<u8> {
-        while !self.content && self.bom < BOM.len() {
-            let (&b, rest) = chunk.split_first()?;
-            if b != BOM[self.bom] {
+impl LeadingBom {
+    /// The content in `chunk`, in two parts: the bytes of a partial BOM that turned out to be
+    /// content (they come first), and the rest of the chunk.
+    fn skip<'c>(&mut self, mut chunk: &'c [u8]) -> (&'static [u8], &'c [u8]) {
+        while !self.content && self.matched < BOM.len() {
+            let Some((&b, rest)) = chunk.split_first() else {
+                return (&[], chunk);
+            };
+            if b != BOM[self.matched] {
                 self.content = true;
-                if self.bom > 0 {
-                    // A partial BOM is content, and not whitespace.
-                    return Some(BOM[0]);
-                }
-                break;
+                return (&BOM[..self.matched], chunk);
             }
-            self.bom += 1;
+            self.matched += 1;
             chunk = rest;
         }
         if !chunk.is_empty() {
             self.content = true;
         }
-        chunk
-            .iter()
-            .copied()
-            .find(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+        (&[], chunk)
+    }
+
+    /// At the end of the body: the partial BOM it ended in, which was content.
+    fn finish(&mut self) -> &'static [u8] {
+        if self.content || self.matched == BOM.len() {
+            return &[];
+        }
+        self.content = true;
+        &BOM[..self.matched]
+    }
+
+    /// Whether anything but a leading BOM has been seen.
+    fn seen_content(&self) -> bool {
+        self.content
+    }
+}
+
+/// The first byte of a body that is not JSON whitespace nor part of a UTF-8 BOM at its very
+/// start, found chunk by chunk.
+#[derive(Default)]
+struct FirstSignificant(LeadingBom);
+
+impl FirstSignificant {
+    fn push(&mut self, chunk: &[u8]) -> Option<u8> {
+        let (partial_bom, rest) = self.0.skip(chunk);
+        partial_bom.first().copied().or_else(|| {
+            rest.iter()
+                .copied()
+                .find(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+        })
     }
 
     /// At the end of the body: the first byte of a partial BOM it ended in, if any.
-    fn finish(&self) -> Option<u8> {
-        (!self.content && self.bom > 0 && self.bom < BOM.len()).then_some(BOM[0])
+    fn finish(&mut self) -> Option<u8> {
+        self.0.finish().first().copied()
     }
 }
 
