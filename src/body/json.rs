@@ -387,6 +387,36 @@ mod tests {
     use super::super::field_names as names;
 
     #[test]
+    fn the_scanner_skips_a_bom_however_it_is_cut() {
+        let scan = |chunks: &[&[u8]]| {
+            let mut scanner = JsonScanner::new(1 << 20);
+            let mut fields = Vec::new();
+            for chunk in chunks {
+                fields.extend(scanner.feed(chunk)?);
+            }
+            fields.extend(scanner.finish()?);
+            Ok::<_, BodyError>(names(&fields))
+        };
+        let doc = b"\xEF\xBB\xBF{\"job_token\":\"glcbt-x\"}";
+        let whole = scan(&[doc]).unwrap();
+        assert_eq!(whole, vec![("job_token".into(), "glcbt-x".into())]);
+        for cut in 0..=doc.len() {
+            assert_eq!(
+                scan(&[&doc[..cut], &doc[cut..]]).unwrap(),
+                whole,
+                "cut at {cut}"
+            );
+        }
+        // An empty body, or a BOM alone, has no parameters and is no error; whitespace alone
+        // is invalid JSON; a partial BOM is content (not an object).
+        assert!(scan(&[]).unwrap().is_empty());
+        assert!(scan(&[b""]).unwrap().is_empty());
+        assert!(scan(&[b"\xEF", b"\xBB\xBF"]).unwrap().is_empty());
+        assert!(scan(&[b" "]).is_err());
+        assert!(scan(&[b"\xEF", b"\xBB"]).unwrap().is_empty());
+    }
+
+    #[test]
     fn json_top_level_credentials() {
         let f = json_fields(br#"{"ref":"main","token":"glcbt-a","job_token":null}"#).unwrap();
         assert_eq!(names(&f), vec![("token".into(), "glcbt-a".into())]);

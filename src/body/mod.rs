@@ -457,7 +457,7 @@ impl LeadingBom {
 
     /// At the end of the body: the partial BOM it ended in, which was content.
     fn finish(&mut self) -> &'static [u8] {
-        if self.content || self.matched == BOM.len() {
+        if self.content || self.matched == 0 || self.matched == BOM.len() {
             return &[];
         }
         self.content = true;
