@@ -5,9 +5,12 @@
 #   bash benches/compare.sh                 # 3 rounds x 10 s, as in the README
 #   bash benches/compare.sh --seconds 3 --rounds 2 --access-log
 #   bash benches/compare.sh --no-pgo        # the plain `cargo build --release` binary
+#   bash benches/compare.sh --workers 0     # one worker thread per CPU (the product's default)
 #
 # The gateway measured is the profile-guided build of benches/pgo.sh (what the README's table
-# shows); --no-pgo measures the plain release build instead. --access-log keeps the gateway's
+# shows); --no-pgo measures the plain release build instead. The gateway runs one worker thread
+# (`workers = 1`), as the baselines run one worker each (nginx `worker_processes 1`, HAProxy
+# `nbthread 1`); --workers N sets another count. --access-log keeps the gateway's
 # per-request log line (the nginx and HAProxy baselines log none, so the default is
 # --log-level warn). Other arguments go to run.sh.
 set -euo pipefail
@@ -16,13 +19,18 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH=${GWBENCH_DIR:-$ROOT/../shared/bench}
 LOG="--log-level warn"
 PGO=1
+WORKERS=1
 ARGS=()
-for a in "$@"; do
-  case $a in
+while [ $# -gt 0 ]; do
+  case $1 in
     --access-log) LOG="" ;;
     --no-pgo) PGO=0 ;;
-    *) ARGS+=("$a") ;;
+    --workers)
+      [[ ${2-} =~ ^[0-9]+$ ]] || { echo "compare.sh: --workers needs a number" >&2; exit 2; }
+      WORKERS=$2; shift ;;
+    *) ARGS+=("$1") ;;
   esac
+  shift
 done
 
 cd "$ROOT"
@@ -33,7 +41,9 @@ else
   BIN=$ROOT/target/release/scopegate
 fi
 SCOPES=$(mktemp /tmp/scopegate-bench-scopes.XXXXXX.toml)
-trap 'rm -f "$SCOPES"' EXIT
+SETTINGS=$(mktemp /tmp/scopegate-bench-settings.XXXXXX.toml)
+trap 'rm -f "$SCOPES" "$SETTINGS"' EXIT
 python3 "$BENCH/scopes.py" 1500 > "$SCOPES"
+printf 'workers = %s\n' "$WORKERS" > "$SETTINGS"
 bash "$BENCH/run.sh" "${ARGS[@]}" --gateway \
-  "$BIN run --listen {listen} --upstream {upstream} --scopes $SCOPES --state-dir :memory: $LOG"
+  "$BIN run --config $SETTINGS --listen {listen} --upstream {upstream} --scopes $SCOPES --state-dir :memory: $LOG"

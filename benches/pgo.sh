@@ -15,6 +15,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 GEN_DIR=$ROOT/target/pgo-gen      # instrumented build (its own target dir: other RUSTFLAGS)
+RAW_DIR=$GEN_DIR/profraw           # fixed, so that RUSTFLAGS (and the cached build) stay the same
 USE_DIR=$ROOT/target/pgo          # optimized build
 FORGE_PORT=18181 GATEWAY_PORT=18184 DEMO_PORT=18187
 PROJECTS=1500 TRAIN_SECONDS=15
@@ -55,7 +56,7 @@ wait_port() {
 
 # ------------------------------------------------------------------ 1. instrumented build
 say "instrumented build ($GEN_DIR)"
-(cd "$ROOT" && RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-generate=$WORK/raw" \
+(cd "$ROOT" && RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-generate=$RAW_DIR" \
   cargo build --release --locked --target-dir "$GEN_DIR" >&2)
 
 # ------------------------------------------------------------------ 2. training
@@ -151,6 +152,7 @@ end
 EOF
 
 BIN=$GEN_DIR/release/scopegate
+rm -rf "$RAW_DIR"
 say "training ($TRAIN_SECONDS s of wrk, then the demo walkthrough)"
 "$BIN" run --listen "127.0.0.1:$GATEWAY_PORT" --admin "127.0.0.1:$((GATEWAY_PORT + 1))" \
   --upstream "http://127.0.0.1:$FORGE_PORT" --scopes "$WORK/scopes.toml" \
@@ -170,9 +172,9 @@ kill -TERM "$gw"
 wait "$gw" || die "the instrumented gateway did not stop cleanly (log: $WORK/gateway.log)"
 "$BIN" demo --once --listen "127.0.0.1:$DEMO_PORT" </dev/null >"$WORK/demo.log" 2>&1 ||
   die "demo --once failed: $(tail -n 5 "$WORK/demo.log")"
-ls "$WORK"/raw/*.profraw >/dev/null 2>&1 || die "training wrote no profile"
+ls "$RAW_DIR"/*.profraw >/dev/null 2>&1 || die "training wrote no profile"
 mkdir -p "$USE_DIR"
-"$profdata" merge -o "$WORK/merged.profdata" "$WORK"/raw/*.profraw
+"$profdata" merge -o "$WORK/merged.profdata" "$RAW_DIR"/*.profraw
 PROFILE=$USE_DIR/scopegate-$(sha256sum "$WORK/merged.profdata" | cut -c1-16).profdata
 rm -f "$USE_DIR"/scopegate-*.profdata
 mv "$WORK/merged.profdata" "$PROFILE"
