@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod allocator;
 pub mod authlog;
+pub mod background;
 pub mod body;
 pub mod cli;
 pub mod credentials;
@@ -17,6 +18,7 @@ pub mod explain;
 pub mod forward;
 pub mod fuzzing;
 pub mod handler;
+pub mod linger;
 pub mod listen;
 pub mod manage;
 pub mod metrics;

@@ -253,6 +253,7 @@ impl Worker {
             let load = self.load.clone();
             tokio::spawn(async move {
                 gw.metrics.connection_opened();
+                let (stream, linger) = crate::linger::wrap(stream);
                 match tls {
                     None => {
                         let conn = ClientConn::new(client, ClientScheme::Http);
@@ -278,7 +279,10 @@ impl Worker {
                         }
                     }
                 }
+                // Closed for the client's view (the metrics), still holding its slot while it
+                // drains what the client is still sending.
                 gw.metrics.connection_closed();
+                linger.drain().await;
                 load.dec();
                 drop(permit);
             });
