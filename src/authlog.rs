@@ -547,7 +547,6 @@ async fn write(
     let events = pending.events;
     let db = Arc::clone(db);
     let result = tokio::task::spawn_blocking(move || -> Result<(), AuthLogError> {
-        crate::background::lower_current_thread();
         let mut conn = db
             .lock()
             .map_err(|_| AuthLogError::Query("database lock poisoned".into()))?;

@@ -7,7 +7,6 @@
 pub mod admin;
 pub mod allocator;
 pub mod authlog;
-pub mod background;
 pub mod body;
 pub mod cli;
 pub mod credentials;

@@ -141,12 +141,9 @@ impl PolicyStore {
     async fn reload_with(&self, attempt: Attempt) -> Result<Reloaded, ScopeError> {
         let _guard = self.reload_lock.lock().await;
         let path = self.path.clone();
-        let read = tokio::task::spawn_blocking(move || {
-            crate::background::lower_current_thread();
-            read_stable(&path)
-        })
-        .await
-        .unwrap_or_else(|join| Err(self.task_failed(&join)));
+        let read = tokio::task::spawn_blocking(move || read_stable(&path))
+            .await
+            .unwrap_or_else(|join| Err(self.task_failed(&join)));
         let (text, digest) = match read {
             Ok(read) => read,
             Err(err) => {
@@ -166,12 +163,9 @@ impl PolicyStore {
         let name = self.path.display().to_string();
         let limits = self.limits.clone();
         // Parsing a 100k-project file takes a while: keep it off the request workers.
-        let loaded = tokio::task::spawn_blocking(move || {
-            crate::background::lower_current_thread();
-            scope::load_str(&name, &text, &limits)
-        })
-        .await
-        .unwrap_or_else(|join| Err(self.task_failed(&join)));
+        let loaded = tokio::task::spawn_blocking(move || scope::load_str(&name, &text, &limits))
+            .await
+            .unwrap_or_else(|join| Err(self.task_failed(&join)));
         match loaded {
             Ok(loaded) => Ok(Reloaded::Swapped(self.swap_in(loaded, attempt.trigger))),
             Err(err) => self.failed(err, digest, attempt),
@@ -355,10 +349,6 @@ fn retire(old: Arc<Snapshot>) {
         while Arc::strong_count(&old) > 1 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let _ = tokio::task::spawn_blocking(move || {
-            crate::background::lower_current_thread();
-            drop(old)
-        })
-        .await;
+        let _ = tokio::task::spawn_blocking(move || drop(old)).await;
     });
 }
