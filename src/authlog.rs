@@ -136,7 +136,7 @@ fn now_ms() -> i64 {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum PairKey {
     Id(u64),
-    Path(Box<str>),
+    Path(std::sync::Arc<str>),
 }
 
 impl PairKey {

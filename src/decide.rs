@@ -829,7 +829,7 @@ pub(crate) mod props {
                     let who = identity(i, form);
                     Some(ProjectSpec {
                         id: who.id,
-                        path: who.path.map(String::from),
+                        path: who.path.as_deref().map(String::from),
                         report_only,
                         outbound,
                         inbound,
@@ -864,7 +864,7 @@ pub(crate) mod props {
             }
             match (raw.id, &raw.path) {
                 (Some(id), path) => p.identify_origin(id, path.as_deref()),
-                (None, Some(path)) => p.identify(&ProjectRef::Path(path.clone())),
+                (None, Some(path)) => p.identify(&ProjectRef::Path(Box::from(&**path))),
                 (None, None) => raw,
             }
         }

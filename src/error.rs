@@ -90,12 +90,6 @@ impl std::fmt::Display for LimitReason<'_> {
     }
 }
 
-/// The forge's error document, `{"message": "..."}`.
-#[derive(serde::Serialize)]
-struct Message<'a> {
-    message: &'a str,
-}
-
 impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
@@ -161,15 +155,53 @@ impl GatewayError {
     pub fn to_response(&self) -> Response<Full<Bytes>> {
         use std::fmt::Write as _;
         let status = self.status();
-        let mut message = String::with_capacity(256);
+        // `{"message":"<code> <reason> - <self>"}`, escaped as it is written: a denial is an
+        // ordinary answer, rendered on the request path, so no intermediate string and no
+        // second pass over the message.
+        let mut body = JsonMessage(Vec::with_capacity(320));
+        body.0.extend_from_slice(br#"{"message":""#);
         let _ = write!(
-            message,
-            "{} {} - {}",
+            body,
+            "{} {} - ",
             status.as_u16(),
-            status.canonical_reason().unwrap_or(""),
-            self
+            status.canonical_reason().unwrap_or("")
         );
-        let mut resp = json_response(status, &Message { message: &message });
+        match self {
+            // The common denial without the formatting machinery (same text as its Display).
+            GatewayError::OutOfScope {
+                origin,
+                target,
+                limit,
+            } => {
+                let (limited, other, side) = match limit {
+                    Limit::Outbound => (origin, target, "outbound"),
+                    Limit::Inbound => (target, origin, "inbound"),
+                };
+                body.raw("CI/CD job token of ");
+                body.identity(origin);
+                body.raw(" may not access ");
+                body.identity(target);
+                body.raw(": ");
+                body.raw(side);
+                body.raw(" limit of ");
+                body.identity(limited);
+                body.raw(" is on and ");
+                body.identity(other);
+                body.raw(" is not on its ");
+                body.raw(side);
+                body.raw(" allowlist");
+            }
+            other => {
+                let _ = write!(body, "{other}");
+            }
+        }
+        body.0.extend_from_slice(br#""}"#);
+        let mut resp = Response::new(Full::new(Bytes::from(body.0)));
+        *resp.status_mut() = status;
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         if matches!(self, GatewayError::ConnectionListsHeader(_)) {
             // The client's idea of this connection's headers is not to be trusted further.
             resp.headers_mut()
@@ -182,6 +214,95 @@ impl GatewayError {
             );
         }
         resp
+    }
+}
+
+/// The inside of a JSON string, escaped as text is written to it (RFC 8259 §7), byte for byte
+/// as serde_json escapes.
+struct JsonMessage(Vec<u8>);
+
+impl JsonMessage {
+    /// Text known to need no escaping (the gateway's own words).
+    fn raw(&mut self, s: &'static str) {
+        self.0.extend_from_slice(s.as_bytes());
+    }
+
+    fn push(&mut self, s: &str) {
+        let bytes = s.as_bytes();
+        // One branch-free pass (it vectorizes) settles the usual case: nothing to escape.
+        let plain = !bytes.iter().fold(false, |any, &b| {
+            any | (b < 0x20) | (b == b'"') | (b == b'\\')
+        });
+        if plain {
+            self.0.extend_from_slice(bytes);
+            return;
+        }
+        let mut start = 0;
+        for (i, &b) in bytes.iter().enumerate() {
+            let escape: &[u8] = match b {
+                b'"' => br#"\""#,
+                b'\\' => br"\\",
+                b'\n' => br"\n",
+                b'\r' => br"\r",
+                b'\t' => br"\t",
+                0x08 => br"\b",
+                0x0c => br"\f",
+                0..=0x1f => b"",
+                _ => continue,
+            };
+            self.0.extend_from_slice(&bytes[start..i]);
+            if escape.is_empty() {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                self.0.extend_from_slice(b"\\u00");
+                self.0.push(HEX[usize::from(b >> 4)]);
+                self.0.push(HEX[usize::from(b & 0xf)]);
+            } else {
+                self.0.extend_from_slice(escape);
+            }
+            start = i + 1;
+        }
+        self.0.extend_from_slice(&bytes[start..]);
+    }
+
+    fn number(&mut self, n: u64) {
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        let mut n = n;
+        loop {
+            at -= 1;
+            // A single decimal digit always fits a byte.
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        self.0.extend_from_slice(&digits[at..]);
+    }
+
+    /// What `ProjectIdentity`'s Display writes.
+    fn identity(&mut self, p: &ProjectIdentity) {
+        match (&p.path, p.id) {
+            (Some(path), Some(id)) => {
+                self.push(path);
+                self.raw(" (id ");
+                self.number(id);
+                self.raw(")");
+            }
+            (Some(path), None) => self.push(path),
+            (None, Some(id)) => {
+                self.raw("project ");
+                self.number(id);
+            }
+            (None, None) => self.raw("an unknown project"),
+        }
+    }
+}
+
+impl std::fmt::Write for JsonMessage {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.push(s);
+        Ok(())
     }
 }
 
@@ -280,5 +401,74 @@ mod tests {
     fn unavailable_carries_retry_after() {
         let resp = GatewayError::ForgeUnavailable("x".into()).to_response();
         assert_eq!(resp.headers()[header::RETRY_AFTER], RETRY_AFTER_SECS);
+    }
+
+    /// The body as serde_json renders `{"message": "<code> <reason> - <Display>"}`.
+    fn reference_body(err: &GatewayError) -> Vec<u8> {
+        let status = err.status();
+        let message = format!(
+            "{} {} - {err}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("")
+        );
+        serde_json::to_vec(&serde_json::json!({ "message": message })).unwrap_or_default()
+    }
+
+    fn body_of(err: &GatewayError) -> Vec<u8> {
+        use http_body_util::BodyExt as _;
+        let resp = err.to_response();
+        let collected = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .ok()
+            .and_then(|rt| rt.block_on(resp.into_body().collect()).ok());
+        collected.map(|c| c.to_bytes().to_vec()).unwrap_or_default()
+    }
+
+    #[test]
+    fn bodies_are_the_messages_as_serde_json_writes_them() {
+        let odd = (0u8..0x80).map(char::from).collect::<String>() + "é\u{2028}ü/\\\"";
+        let identities = [
+            ProjectIdentity {
+                id: Some(u64::MAX),
+                path: Some("acme/bot".into()),
+            },
+            ProjectIdentity {
+                id: None,
+                path: Some(odd.as_str().into()),
+            },
+            ProjectIdentity {
+                id: Some(0),
+                path: None,
+            },
+            ProjectIdentity::default(),
+        ];
+        let mut errors = vec![
+            GatewayError::ForgeUnavailable(odd.clone()),
+            GatewayError::Upstream("reset\n\"by\" peer".into()),
+            GatewayError::InvalidToken,
+        ];
+        for origin in &identities {
+            for target in &identities {
+                for limit in [Limit::Outbound, Limit::Inbound] {
+                    errors.push(GatewayError::OutOfScope {
+                        origin: origin.clone(),
+                        target: target.clone(),
+                        limit,
+                    });
+                }
+            }
+        }
+        for err in &errors {
+            let body = body_of(err);
+            assert_eq!(
+                String::from_utf8_lossy(&body),
+                String::from_utf8_lossy(&reference_body(err)),
+                "{err:?}"
+            );
+            let doc: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            assert!(doc["message"]
+                .as_str()
+                .is_some_and(|m| m.ends_with(&err.to_string())));
+        }
     }
 }

@@ -329,7 +329,7 @@ impl Gateway {
                         match Box::pin(renames.resolve(path)).await {
                             Ok(Resolved::Project { id, path }) => {
                                 identity = snapshot.policy.identify(&ProjectRef::Id(id));
-                                identity.path.get_or_insert(path);
+                                identity.path.get_or_insert(path.into());
                             }
                             Ok(Resolved::Missing) => {}
                             Err(e) => return Err(GatewayError::ForgeUnavailable(e.to_string())),

@@ -12,6 +12,7 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use sha2::{Digest as _, Sha256};
 
@@ -236,7 +237,7 @@ fn lowercase(s: &str) -> Cow<'_, str> {
 #[derive(Debug)]
 pub struct ProjectPolicy {
     id: Option<u64>,
-    path: Option<Box<str>>,
+    path: Option<Arc<str>>,
     report_only: bool,
     outbound: LimitPolicy,
     inbound: LimitPolicy,
@@ -309,7 +310,7 @@ pub struct Policy {
     defaults: Defaults,
     projects: Vec<ProjectPolicy>,
     by_id: Map<u64, usize>,
-    by_path: Map<Box<str>, usize>,
+    by_path: Map<Arc<str>, usize>,
     tokens: Map<TokenDigest, ProjectIdentity>,
     default_outbound: LimitPolicy,
     default_inbound: LimitPolicy,
@@ -356,9 +357,9 @@ impl Policy {
         let mut by_path = Map::with_capacity_and_hasher(n, IndexHasher::default());
         let mut compiled = Vec::with_capacity(n);
         for (index, spec) in projects.into_iter().enumerate() {
-            let path = spec.path.map(|mut p| {
+            let path: Option<Arc<str>> = spec.path.map(|mut p| {
                 p.make_ascii_lowercase();
-                p.into_boxed_str()
+                p.into()
             });
             if let Some(id) = spec.id {
                 by_id.entry(id).or_insert(index);
@@ -446,7 +447,7 @@ impl Policy {
                 },
                 ProjectRef::Path(p) => ProjectIdentity {
                     id: None,
-                    path: Some(p.to_ascii_lowercase().into_boxed_str()),
+                    path: Some(Arc::from(p.to_ascii_lowercase())),
                 },
             },
         }
@@ -456,12 +457,15 @@ impl Policy {
     /// the forge's id always; the forge's path when it gave one (it is current; the file's may
     /// predate a rename), else the path the file lists for that id.
     pub fn identify_origin(&self, id: u64, path: Option<&str>) -> ProjectIdentity {
-        let path = match path {
-            Some(p) => Some(p.to_ascii_lowercase().into_boxed_str()),
-            None => self
-                .by_id
-                .get(&id)
-                .and_then(|&i| self.projects[i].path.clone()),
+        let listed = self
+            .by_id
+            .get(&id)
+            .and_then(|&i| self.projects[i].path.as_ref());
+        let path = match (path, listed) {
+            // Mostly the forge and the file agree: share the file's copy.
+            (Some(p), Some(l)) if p.eq_ignore_ascii_case(l) => Some(Arc::clone(l)),
+            (Some(p), _) => Some(Arc::from(p.to_ascii_lowercase())),
+            (None, listed) => listed.cloned(),
         };
         ProjectIdentity { id: Some(id), path }
     }

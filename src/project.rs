@@ -6,6 +6,7 @@
 //! project it is (design.md, policy rule 7).
 
 use std::fmt;
+use std::sync::Arc;
 
 /// A project as one request or one allowlist entry names it: by id or by full path.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -36,8 +37,9 @@ impl fmt::Display for ProjectRef {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProjectIdentity {
     pub id: Option<u64>,
-    /// ASCII-lowercased full path.
-    pub path: Option<Box<str>>,
+    /// ASCII-lowercased full path. Shared: identities are cloned on every request (the
+    /// decision, the access log, the authorization log), and a clone is then only a count.
+    pub path: Option<Arc<str>>,
 }
 
 impl ProjectIdentity {
@@ -49,7 +51,7 @@ impl ProjectIdentity {
             },
             ProjectRef::Path(p) => ProjectIdentity {
                 id: None,
-                path: Some(p.clone()),
+                path: Some(Arc::from(&**p)),
             },
         }
     }

@@ -74,7 +74,7 @@ pub fn propose(
         let known = policy.identify(&ProjectRef::Id(id));
         projects.push(Candidate {
             id: Some(id),
-            path: known.path.map(Into::into),
+            path: known.path.as_deref().map(String::from),
         });
     }
     let mut paths: Vec<&str> = inbound.allowed_paths().collect();
@@ -104,7 +104,7 @@ pub fn propose(
         }
         let cand = Candidate {
             id: origin.id,
-            path: origin.path.map(Into::into),
+            path: origin.path.as_deref().map(String::from),
         };
         if !projects.iter().any(|c| {
             (c.id.is_some() && c.id == cand.id) || (c.path.is_some() && c.path == cand.path)

@@ -234,7 +234,7 @@ fn policy_decision(policy: &Policy, world: &World, origin: u64, target: u64) -> 
         id: Some(id),
         path: world
             .project(id)
-            .map(|p| p.path.to_ascii_lowercase().into_boxed_str()),
+            .map(|p| p.path.to_ascii_lowercase().into()),
     };
     decide(policy, Mode::Enforce, &ident(origin), &ident(target))
 }

@@ -526,12 +526,7 @@ impl Ctx<'_> {
     fn identity(&self) -> ProjectIdentity {
         ProjectIdentity {
             id: Some(self.project.id),
-            path: Some(
-                self.project
-                    .path_with_namespace
-                    .to_ascii_lowercase()
-                    .into_boxed_str(),
-            ),
+            path: Some(self.project.path_with_namespace.to_ascii_lowercase().into()),
         }
     }
 }
@@ -893,7 +888,7 @@ async fn remove_project(
                 ));
             }
             entries.extend(known.id.map(Entry::Id));
-            entries.extend(known.path.map(|p| Entry::Path(p.into())));
+            entries.extend(known.path.map(|p| Entry::Path(p.to_string())));
         }
     }
     let who = ctx.named();
