@@ -1,6 +1,9 @@
 //! Prometheus metrics. Labels carry bounded values only (decision, reason, route kind), never
 //! a token, a project path or a client address.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::encoding::{text::encode, EncodeLabelSet};
@@ -31,11 +34,32 @@ struct ClassLabels {
     class: &'static str,
 }
 
+/// Status classes of upstream responses, in `upstream_classes` order.
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Distinct metrics instances (only tests make more than one), so that the per-thread
+/// counter cache never hands out a counter of another instance.
+static INSTANCES: AtomicU64 = AtomicU64::new(0);
+
+/// Request counters a thread looked up, by (instance, decision, reason), at most this many.
+const CACHED_COUNTERS: usize = 256;
+
+type CounterCache = HashMap<(u64, &'static str, &'static str), Counter, foldhash::fast::FixedState>;
+
+thread_local! {
+    // A label family is a locked map hashed with SipHash: ~500 instructions a request for the
+    // two counters. A counter is a shared atomic, so a thread keeps what it looked up.
+    static REQUEST_COUNTERS: RefCell<CounterCache> = RefCell::default();
+}
+
 pub struct Metrics {
     registry: Registry,
+    instance: u64,
     requests: Family<RequestLabels, Counter>,
     duration: Histogram,
     upstream: Family<ClassLabels, Counter>,
+    /// `upstream`'s counters of the five status classes, looked up once.
+    upstream_classes: [Counter; 5],
     cache_hits: Counter,
     cache_misses: Counter,
     forge_lookups: Family<ResultLabels, Counter>,
@@ -135,8 +159,12 @@ impl Metrics {
             "Job-token decisions not written to the authorization log because its queue was full",
             authlog_dropped.clone(),
         );
+        let upstream_classes =
+            CLASSES.map(|class| upstream.get_or_create(&ClassLabels { class }).clone());
         Metrics {
             registry,
+            instance: INSTANCES.fetch_add(1, Ordering::Relaxed),
+            upstream_classes,
             scope_writes,
             authlog_dropped,
             requests,
@@ -163,21 +191,33 @@ impl Metrics {
     }
 
     pub fn request(&self, decision: &'static str, reason: &'static str, elapsed: Duration) {
-        self.requests
-            .get_or_create(&RequestLabels { decision, reason })
-            .inc();
+        let key = (self.instance, decision, reason);
+        let cached = REQUEST_COUNTERS.with_borrow(|cache| cache.get(&key).map(Counter::inc));
+        if cached.is_none() {
+            let counter = self
+                .requests
+                .get_or_create(&RequestLabels { decision, reason })
+                .clone();
+            counter.inc();
+            REQUEST_COUNTERS.with_borrow_mut(|cache| {
+                if cache.len() >= CACHED_COUNTERS {
+                    cache.clear();
+                }
+                cache.insert(key, counter);
+            });
+        }
         self.duration.observe(elapsed.as_secs_f64());
     }
 
     pub fn upstream_status(&self, status: http::StatusCode) {
         let class = match status.as_u16() {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
+            100..=199 => 0,
+            200..=299 => 1,
+            300..=399 => 2,
+            400..=499 => 3,
+            _ => 4,
         };
-        self.upstream.get_or_create(&ClassLabels { class }).inc();
+        self.upstream_classes[class].inc();
     }
 
     pub fn upstream_error(&self, kind: &'static str) {
@@ -251,5 +291,49 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line_value(rendered: &str, prefix: &str) -> Option<f64> {
+        rendered
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    #[test]
+    fn each_instance_counts_its_own_requests_and_classes() {
+        let (a, b) = (Metrics::new(), Metrics::new());
+        for _ in 0..3 {
+            a.request("allow", "in_scope", Duration::ZERO);
+        }
+        a.request("deny", "outbound_limit", Duration::ZERO);
+        b.request("allow", "in_scope", Duration::ZERO);
+        // The same labels spelled by another string (another address) count as the same.
+        let reason = String::from("in_scope").leak();
+        b.request("allow", reason, Duration::ZERO);
+        a.upstream_status(http::StatusCode::OK);
+        a.upstream_status(http::StatusCode::NOT_FOUND);
+        a.upstream_status(http::StatusCode::BAD_GATEWAY);
+        a.upstream_status(http::StatusCode::CREATED);
+        let (ra, rb) = (a.render(), b.render());
+        let allowed = r#"scopegate_requests_total{decision="allow",reason="in_scope"}"#;
+        let denied = r#"scopegate_requests_total{decision="deny",reason="outbound_limit"}"#;
+        assert_eq!(line_value(&ra, allowed), Some(3.0), "{ra}");
+        assert_eq!(line_value(&ra, denied), Some(1.0), "{ra}");
+        assert_eq!(line_value(&rb, allowed), Some(2.0), "{rb}");
+        assert_eq!(line_value(&rb, denied), None, "{rb}");
+        for (class, n) in [("1xx", 0.0), ("2xx", 2.0), ("4xx", 1.0), ("5xx", 1.0)] {
+            let series = format!("scopegate_upstream_responses_total{{class=\"{class}\"}}");
+            assert_eq!(line_value(&ra, &series), Some(n), "{ra}");
+        }
+        assert_eq!(
+            line_value(&ra, "scopegate_request_duration_seconds_count"),
+            Some(4.0)
+        );
     }
 }
