@@ -192,14 +192,19 @@ impl Metrics {
 
     pub fn request(&self, decision: &'static str, reason: &'static str, elapsed: Duration) {
         let key = (self.instance, decision, reason);
-        let cached = REQUEST_COUNTERS.with_borrow(|cache| cache.get(&key).map(Counter::inc));
+        // `try_with`: a thread tearing down its locals counts through the family instead.
+        let cached = REQUEST_COUNTERS
+            .try_with(|cache| cache.borrow().get(&key).map(Counter::inc))
+            .ok()
+            .flatten();
         if cached.is_none() {
             let counter = self
                 .requests
                 .get_or_create(&RequestLabels { decision, reason })
                 .clone();
             counter.inc();
-            REQUEST_COUNTERS.with_borrow_mut(|cache| {
+            let _ = REQUEST_COUNTERS.try_with(|cache| {
+                let mut cache = cache.borrow_mut();
                 if cache.len() >= CACHED_COUNTERS {
                     cache.clear();
                 }
