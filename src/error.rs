@@ -8,7 +8,7 @@ use http_body_util::Full;
 use crate::body::BodyError;
 use crate::credentials::CredentialError;
 use crate::decide::Limit;
-use crate::project::ProjectIdentity;
+use crate::project::{FmtWords, ProjectIdentity, Words};
 use crate::registry::Refusal;
 use crate::target::TargetError;
 
@@ -31,7 +31,7 @@ pub enum GatewayError {
     #[error("undecodable target: {0}")]
     Target(#[from] TargetError),
 
-    #[error("CI/CD job token of {origin} may not access {target}: {}", LimitReason { limit: *.limit, origin, target })]
+    #[error("{}", OutOfScopeText { origin, target, limit: *.limit })]
     OutOfScope {
         origin: ProjectIdentity,
         target: ProjectIdentity,
@@ -66,27 +66,44 @@ pub enum GatewayError {
     Upstream(String),
 }
 
-/// Which limit refused, written straight into the message (no intermediate string: a denial
-/// is an ordinary answer, rendered on the request path).
-struct LimitReason<'a> {
+/// The out-of-scope denial's message: which limit refused, and why.
+fn out_of_scope(
+    w: &mut impl Words,
+    origin: &ProjectIdentity,
+    target: &ProjectIdentity,
     limit: Limit,
-    origin: &'a ProjectIdentity,
-    target: &'a ProjectIdentity,
+) {
+    let (limited, other, side) = match limit {
+        Limit::Outbound => (origin, target, "outbound"),
+        Limit::Inbound => (target, origin, "inbound"),
+    };
+    w.words("CI/CD job token of ");
+    origin.write_words(w);
+    w.words(" may not access ");
+    target.write_words(w);
+    w.words(": ");
+    w.words(side);
+    w.words(" limit of ");
+    limited.write_words(w);
+    w.words(" is on and ");
+    other.write_words(w);
+    w.words(" is not on its ");
+    w.words(side);
+    w.words(" allowlist");
 }
 
-impl std::fmt::Display for LimitReason<'_> {
+/// [`out_of_scope`] as the error's `Display`.
+struct OutOfScopeText<'a> {
+    origin: &'a ProjectIdentity,
+    target: &'a ProjectIdentity,
+    limit: Limit,
+}
+
+impl std::fmt::Display for OutOfScopeText<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let LimitReason { origin, target, .. } = self;
-        match self.limit {
-            Limit::Outbound => write!(
-                f,
-                "outbound limit of {origin} is on and {target} is not on its outbound allowlist"
-            ),
-            Limit::Inbound => write!(
-                f,
-                "inbound limit of {target} is on and {origin} is not on its inbound allowlist"
-            ),
-        }
+        let mut w = FmtWords::new(f);
+        out_of_scope(&mut w, self.origin, self.target, self.limit);
+        w.result
     }
 }
 
@@ -167,41 +184,18 @@ impl GatewayError {
             status.canonical_reason().unwrap_or("")
         );
         match self {
-            // The common denial without the formatting machinery (same text as its Display).
+            // The common denial straight into the body, without the formatting machinery.
             GatewayError::OutOfScope {
                 origin,
                 target,
                 limit,
-            } => {
-                let (limited, other, side) = match limit {
-                    Limit::Outbound => (origin, target, "outbound"),
-                    Limit::Inbound => (target, origin, "inbound"),
-                };
-                body.raw("CI/CD job token of ");
-                body.identity(origin);
-                body.raw(" may not access ");
-                body.identity(target);
-                body.raw(": ");
-                body.raw(side);
-                body.raw(" limit of ");
-                body.identity(limited);
-                body.raw(" is on and ");
-                body.identity(other);
-                body.raw(" is not on its ");
-                body.raw(side);
-                body.raw(" allowlist");
-            }
+            } => out_of_scope(&mut body, origin, target, *limit),
             other => {
                 let _ = write!(body, "{other}");
             }
         }
         body.0.extend_from_slice(br#""}"#);
-        let mut resp = Response::new(Full::new(Bytes::from(body.0)));
-        *resp.status_mut() = status;
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        let mut resp = json_bytes(status, body.0);
         if matches!(self, GatewayError::ConnectionListsHeader(_)) {
             // The client's idea of this connection's headers is not to be trusted further.
             resp.headers_mut()
@@ -222,11 +216,6 @@ impl GatewayError {
 struct JsonMessage(Vec<u8>);
 
 impl JsonMessage {
-    /// Text known to need no escaping (the gateway's own words).
-    fn raw(&mut self, s: &'static str) {
-        self.0.extend_from_slice(s.as_bytes());
-    }
-
     fn push(&mut self, s: &str) {
         let bytes = s.as_bytes();
         // One branch-free pass (it vectorizes) settles the usual case: nothing to escape.
@@ -263,7 +252,16 @@ impl JsonMessage {
         }
         self.0.extend_from_slice(&bytes[start..]);
     }
+}
 
+impl Words for JsonMessage {
+    fn words(&mut self, s: &'static str) {
+        // The gateway's own words need no escaping.
+        self.0.extend_from_slice(s.as_bytes());
+    }
+    fn text(&mut self, s: &str) {
+        self.push(s);
+    }
     fn number(&mut self, n: u64) {
         let mut digits = [0u8; 20];
         let mut at = digits.len();
@@ -278,24 +276,6 @@ impl JsonMessage {
             }
         }
         self.0.extend_from_slice(&digits[at..]);
-    }
-
-    /// What `ProjectIdentity`'s Display writes.
-    fn identity(&mut self, p: &ProjectIdentity) {
-        match (&p.path, p.id) {
-            (Some(path), Some(id)) => {
-                self.push(path);
-                self.raw(" (id ");
-                self.number(id);
-                self.raw(")");
-            }
-            (Some(path), None) => self.push(path),
-            (None, Some(id)) => {
-                self.raw("project ");
-                self.number(id);
-            }
-            (None, None) => self.raw("an unknown project"),
-        }
     }
 }
 
@@ -314,6 +294,11 @@ pub fn json_response<T: serde::Serialize + ?Sized>(
     // Documents of strings, numbers and maps with string keys always serialize; the fallback
     // only keeps this infallible.
     let body = serde_json::to_vec(body).unwrap_or_else(|_| br#"{"message":"error"}"#.to_vec());
+    json_bytes(status, body)
+}
+
+/// A response carrying a JSON document already written.
+fn json_bytes(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
     resp.headers_mut().insert(

@@ -318,7 +318,7 @@ mod tests {
         }
         a.request("deny", "outbound_limit", Duration::ZERO);
         b.request("allow", "in_scope", Duration::ZERO);
-        // The same labels spelled by another string (another address) count as the same.
+        // The cache compares label contents: the same labels in another string count the same.
         let reason = String::from("in_scope").leak();
         b.request("allow", reason, Duration::ZERO);
         a.upstream_status(http::StatusCode::OK);

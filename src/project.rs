@@ -69,14 +69,68 @@ impl ProjectIdentity {
     }
 }
 
+/// Text written piece by piece: the gateway's own words, outside text (which a JSON body must
+/// escape), numbers. One message written through `fmt` and straight into a JSON body (a denial,
+/// rendered on the request path, without the formatting machinery) stays one text.
+pub trait Words {
+    fn words(&mut self, s: &'static str);
+    fn text(&mut self, s: &str);
+    fn number(&mut self, n: u64);
+}
+
+/// [`Words`] into a formatter; the first error is kept and ends the writing.
+pub struct FmtWords<'a, 'b> {
+    f: &'a mut fmt::Formatter<'b>,
+    pub result: fmt::Result,
+}
+
+impl<'a, 'b> FmtWords<'a, 'b> {
+    pub fn new(f: &'a mut fmt::Formatter<'b>) -> Self {
+        FmtWords { f, result: Ok(()) }
+    }
+}
+
+impl Words for FmtWords<'_, '_> {
+    fn words(&mut self, s: &'static str) {
+        self.text(s);
+    }
+    fn text(&mut self, s: &str) {
+        if self.result.is_ok() {
+            self.result = self.f.write_str(s);
+        }
+    }
+    fn number(&mut self, n: u64) {
+        if self.result.is_ok() {
+            self.result = write!(self.f, "{n}");
+        }
+    }
+}
+
+impl ProjectIdentity {
+    /// How messages name the project (its `Display`).
+    pub fn write_words(&self, w: &mut impl Words) {
+        match (&self.path, self.id) {
+            (Some(p), Some(id)) => {
+                w.text(p);
+                w.words(" (id ");
+                w.number(id);
+                w.words(")");
+            }
+            (Some(p), None) => w.text(p),
+            (None, Some(id)) => {
+                w.words("project ");
+                w.number(id);
+            }
+            (None, None) => w.words("an unknown project"),
+        }
+    }
+}
+
 impl fmt::Display for ProjectIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (&self.path, self.id) {
-            (Some(p), Some(id)) => write!(f, "{p} (id {id})"),
-            (Some(p), None) => f.write_str(p),
-            (None, Some(id)) => write!(f, "project {id}"),
-            (None, None) => f.write_str("an unknown project"),
-        }
+        let mut w = FmtWords::new(f);
+        self.write_words(&mut w);
+        w.result
     }
 }
 
