@@ -3,7 +3,12 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
@@ -12,6 +17,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::body::ForwardBody;
 use crate::error::GatewayError;
+use crate::h1::{DirectBody, DirectClient};
 use crate::metrics::Metrics;
 use crate::pool::{SendError, UpstreamPool};
 use crate::settings::{TimeoutSettings, Upstream};
@@ -156,7 +162,46 @@ impl ClientConn {
     }
 }
 
+/// The body of a forwarded response: from the direct client (requests without a body) or
+/// from hyper's client (requests with one, upgrades).
+pub enum UpstreamBody {
+    Direct(DirectBody),
+    Pooled(Incoming),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            UpstreamBody::Direct(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::Pooled(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Direct(b) => b.is_end_stream(),
+            UpstreamBody::Pooled(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Direct(b) => b.size_hint(),
+            UpstreamBody::Pooled(b) => b.size_hint(),
+        }
+    }
+}
+
 pub struct Forwarder {
+    /// Requests without a body.
+    direct: DirectClient,
+    /// Requests with a body, and upgrades.
     pool: UpstreamPool,
     upstream: Upstream,
     response_timeout: Duration,
@@ -172,9 +217,21 @@ impl Forwarder {
         workers: usize,
     ) -> Result<Self, GatewayError> {
         let connector = crate::tls::https_connector(tls, timeouts.upstream_connect);
-        let pool = UpstreamPool::new(&upstream, connector, timeouts.upstream_idle, workers)
-            .map_err(|e| GatewayError::Upstream(format!("cannot reach the upstream: {e}")))?;
+        let pool = UpstreamPool::new(
+            &upstream,
+            connector.clone(),
+            timeouts.upstream_idle,
+            workers,
+        )
+        .map_err(|e| GatewayError::Upstream(format!("cannot reach the upstream: {e}")))?;
+        let direct = DirectClient::new(
+            connector,
+            pool.connect_to().clone(),
+            timeouts.upstream_idle,
+            workers,
+        );
         Ok(Forwarder {
+            direct,
             pool,
             upstream,
             response_timeout: timeouts.upstream_response,
@@ -188,7 +245,7 @@ impl Forwarder {
         path_and_query: &str,
         client: &ClientConn,
         metrics: &Metrics,
-    ) -> Result<Response<Incoming>, GatewayError> {
+    ) -> Result<Response<UpstreamBody>, GatewayError> {
         // Origin form: the connection already goes to the upstream. Most requests go out with
         // the target they came with, already parsed; only a rewritten one is parsed again.
         let uri = match req.uri().path_and_query() {
@@ -235,22 +292,24 @@ impl Forwarder {
             HeaderValue::from_static(client.scheme.as_str()),
         );
 
-        let mut resp = match tokio::time::timeout(self.response_timeout, self.pool.send(req)).await
-        {
-            Err(_) => {
-                metrics.upstream_error("timeout");
-                return Err(GatewayError::UpstreamTimeout);
-            }
-            Ok(Err(SendError::Connect(e))) => {
-                metrics.upstream_error("connect_error");
-                return Err(GatewayError::UpstreamConnect(e));
-            }
-            Ok(Err(SendError::Upstream(e))) => {
-                metrics.upstream_error("error");
-                return Err(GatewayError::Upstream(e));
-            }
-            Ok(Ok(resp)) => resp,
-        };
+        if upgrade.is_none() && req.body().is_end_stream() {
+            let (parts, _) = req.into_parts();
+            let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+            let sent = self.direct.send(&parts.method, target, &parts.headers);
+            let resp = upstream_answer(
+                tokio::time::timeout(self.response_timeout, sent).await,
+                metrics,
+            )?;
+            metrics.upstream_status(resp.status());
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            return Ok(Response::from_parts(parts, UpstreamBody::Direct(body)));
+        }
+        let sent = self.pool.send(req);
+        let mut resp = upstream_answer(
+            tokio::time::timeout(self.response_timeout, sent).await,
+            metrics,
+        )?;
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let (Some(client_upgrade), Some(protocol)) = (client_upgrade, upgrade) else {
                 metrics.upstream_error("error");
@@ -267,12 +326,38 @@ impl Forwarder {
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             parts.headers.insert(header::UPGRADE, protocol);
-            return Ok(Response::from_parts(parts, body));
+            return Ok(Response::from_parts(parts, UpstreamBody::Pooled(body)));
         }
         metrics.upstream_status(resp.status());
         let (mut parts, body) = resp.into_parts();
+        if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+            // Read by its transfer coding: a Content-Length beside it is wrong (RFC 9112 §6.3).
+            parts.headers.remove(header::CONTENT_LENGTH);
+        }
         strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(parts, body))
+        Ok(Response::from_parts(parts, UpstreamBody::Pooled(body)))
+    }
+}
+
+/// The upstream's response, or the error it became (counted by kind).
+fn upstream_answer<B>(
+    sent: Result<Result<Response<B>, SendError>, tokio::time::error::Elapsed>,
+    metrics: &Metrics,
+) -> Result<Response<B>, GatewayError> {
+    match sent {
+        Err(_) => {
+            metrics.upstream_error("timeout");
+            Err(GatewayError::UpstreamTimeout)
+        }
+        Ok(Err(SendError::Connect(e))) => {
+            metrics.upstream_error("connect_error");
+            Err(GatewayError::UpstreamConnect(e))
+        }
+        Ok(Err(SendError::Upstream(e))) => {
+            metrics.upstream_error("error");
+            Err(GatewayError::Upstream(e))
+        }
+        Ok(Ok(resp)) => Ok(resp),
     }
 }
 

@@ -19,7 +19,9 @@ use crate::body;
 use crate::credentials::{self, JobToken};
 use crate::decide::{decide, Decision, Mode};
 use crate::error::GatewayError;
-use crate::forward::{connection_names_protected, upstream_target, ClientConn, Forwarder};
+use crate::forward::{
+    connection_names_protected, upstream_target, ClientConn, Forwarder, UpstreamBody,
+};
 use crate::manage::{self, Manager};
 use crate::metrics::Metrics;
 use crate::origin::{OriginError, OriginResolver, TokenKind};
@@ -29,7 +31,7 @@ use crate::renames::{PathResolver, Resolved};
 use crate::snapshot::{PolicyStore, Snapshot};
 use crate::target::{self, RouteKind, Target};
 
-pub type ResponseBody = Either<Incoming, Full<Bytes>>;
+pub type ResponseBody = Either<UpstreamBody, Full<Bytes>>;
 
 const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
@@ -190,7 +192,7 @@ impl Gateway {
         req: Request<Incoming>,
         client: &ClientConn,
         outcome: &mut Outcome,
-    ) -> Result<Response<Incoming>, GatewayError> {
+    ) -> Result<Response<UpstreamBody>, GatewayError> {
         let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
         if target_len > self.options.max_url_bytes {
             return Err(GatewayError::UriTooLong(self.options.max_url_bytes));
@@ -397,7 +399,7 @@ impl Gateway {
         decided: Option<JobToken>,
         pq: &str,
         client: &ClientConn,
-    ) -> Result<Response<Incoming>, GatewayError> {
+    ) -> Result<Response<UpstreamBody>, GatewayError> {
         let (body, verdict) = match pending {
             PendingBody::Ready(body) => (body, None),
             PendingBody::Held(held) => {

@@ -16,6 +16,7 @@ pub mod error;
 pub mod explain;
 pub mod forward;
 pub mod fuzzing;
+pub mod h1;
 pub mod handler;
 pub mod linger;
 pub mod listen;

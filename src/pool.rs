@@ -70,6 +70,11 @@ impl UpstreamPool {
         })
     }
 
+    /// What the connections dial.
+    pub fn connect_to(&self) -> &Uri {
+        &self.connect_to
+    }
+
     /// Send `req` (origin-form URI, Host set) on a pooled or new connection.
     pub async fn send(
         &self,

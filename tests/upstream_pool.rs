@@ -26,6 +26,9 @@ enum Upstream {
     CloseAfterOne,
     /// Reads a request and closes without answering.
     Vanish,
+    /// Answers the first request of each connection, then reads the second and closes
+    /// without answering it.
+    VanishOnSecond,
 }
 
 #[derive(Default)]
@@ -45,6 +48,7 @@ async fn upstream(kind: Upstream) -> (SocketAddr, Arc<Seen>) {
             let s = Arc::clone(&s);
             tokio::spawn(async move {
                 let mut buf = Vec::new();
+                let mut answered = 0;
                 loop {
                     // One request: head, then Content-Length bytes of body.
                     let head_end = loop {
@@ -71,10 +75,15 @@ async fn upstream(kind: Upstream) -> (SocketAddr, Arc<Seen>) {
                     }
                     buf.drain(..head_end + body_len);
                     s.requests.fetch_add(1, Ordering::SeqCst);
-                    if let Upstream::Vanish = kind {
-                        return;
+                    match kind {
+                        Upstream::Vanish => return,
+                        Upstream::VanishOnSecond if answered == 1 => return,
+                        _ => answered += 1,
                     }
-                    let reply = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+                    let mut reply: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+                    if head.starts_with("head ") {
+                        reply = &reply[..reply.len() - 2];
+                    }
                     if conn.write_all(reply).await.is_err() {
                         return;
                     }
@@ -106,12 +115,26 @@ async fn gateway(upstream: SocketAddr) -> (scopegate::Running, tempfile::TempDir
 }
 
 /// A request without a job token (forwarded untouched, no forge lookup), on its own client
-/// connection.
+/// connection. With a body it goes upstream through hyper's client, without one through the
+/// gateway's own (`src/h1`): both are checked.
 async fn post(gw: &scopegate::Running, n: usize) -> String {
     let body = format!("{{\"n\":{n}}}");
     let request = format!(
         "POST /api/v4/projects/12/issues HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
+    );
+    raw(gw.listen, request.as_bytes()).await
+}
+
+/// A body-less request of `method` (POST goes with `Content-Length: 0`).
+async fn bodyless(gw: &scopegate::Running, method: &str) -> String {
+    let length = if method == "POST" {
+        "Content-Length: 0\r\n"
+    } else {
+        ""
+    };
+    let request = format!(
+        "{method} /api/v4/projects/12/issues HTTP/1.1\r\nHost: x\r\n{length}Connection: close\r\n\r\n"
     );
     raw(gw.listen, request.as_bytes()).await
 }
@@ -150,4 +173,55 @@ async fn a_request_the_upstream_read_is_not_replayed() {
     // A retry would have happened before the answer: the count is final.
     assert_eq!(seen.requests.load(Ordering::SeqCst), 1);
     assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn bodyless_requests_share_one_upstream_connection() {
+    let (addr, seen) = upstream(Upstream::KeepAlive).await;
+    let (gw, _dir) = gateway(addr).await;
+    for n in 0..12 {
+        let method = ["GET", "POST", "DELETE", "HEAD"][n % 4];
+        let answer = bodyless(&gw, method).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{method}: {answer}");
+    }
+    assert_eq!(seen.requests.load(Ordering::SeqCst), 12);
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn bodyless_requests_lose_nothing_to_connections_the_upstream_closed() {
+    // POST cannot be sent twice: the idle connection is probed before it is used. GET may be:
+    // it is sent and, when the connection turns out closed, sent again on a new one.
+    for method in ["POST", "GET"] {
+        let (addr, seen) = upstream(Upstream::CloseAfterOne).await;
+        let (gw, _dir) = gateway(addr).await;
+        for n in 0..20 {
+            let answer = bodyless(&gw, method).await;
+            assert!(answer.starts_with("HTTP/1.1 200"), "{method} {n}: {answer}");
+            assert_eq!(seen.requests.load(Ordering::SeqCst), n + 1, "{method} {n}");
+        }
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 20, "{method}");
+    }
+}
+
+#[tokio::test]
+async fn a_bodyless_post_the_upstream_read_is_not_replayed_but_a_get_is() {
+    // POST: the pooled connection looked open, the upstream read the request and vanished.
+    let (addr, seen) = upstream(Upstream::VanishOnSecond).await;
+    let (gw, _dir) = gateway(addr).await;
+    assert!(bodyless(&gw, "POST").await.starts_with("HTTP/1.1 200"));
+    let answer = bodyless(&gw, "POST").await;
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    assert!(answer.contains("\"message\""), "{answer}");
+    assert_eq!(seen.requests.load(Ordering::SeqCst), 2);
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
+
+    // GET is idempotent (RFC 9110 9.2.2): sent again on a new connection, answered there.
+    let (addr, seen) = upstream(Upstream::VanishOnSecond).await;
+    let (gw, _dir) = gateway(addr).await;
+    assert!(bodyless(&gw, "GET").await.starts_with("HTTP/1.1 200"));
+    let answer = bodyless(&gw, "GET").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(seen.requests.load(Ordering::SeqCst), 3);
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
 }
