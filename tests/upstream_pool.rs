@@ -29,12 +29,18 @@ enum Upstream {
     /// Answers the first request of each connection, then reads the second and closes
     /// without answering it.
     VanishOnSecond,
+    /// Like KeepAlive, but the first two requests are answered only once both arrived (so
+    /// the gateway needs two connections for them).
+    PairFirst,
 }
 
 #[derive(Default)]
 struct Seen {
     connections: AtomicUsize,
     requests: AtomicUsize,
+    /// Connections the gateway closed.
+    closed: AtomicUsize,
+    pair: tokio::sync::Notify,
 }
 
 async fn upstream(kind: Upstream) -> (SocketAddr, Arc<Seen>) {
@@ -57,7 +63,10 @@ async fn upstream(kind: Upstream) -> (SocketAddr, Arc<Seen>) {
                         }
                         let mut chunk = [0u8; 4096];
                         match conn.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
+                            Ok(0) | Err(_) => {
+                                s.closed.fetch_add(1, Ordering::SeqCst);
+                                return;
+                            }
                             Ok(n) => buf.extend_from_slice(&chunk[..n]),
                         }
                     };
@@ -74,7 +83,15 @@ async fn upstream(kind: Upstream) -> (SocketAddr, Arc<Seen>) {
                         }
                     }
                     buf.drain(..head_end + body_len);
-                    s.requests.fetch_add(1, Ordering::SeqCst);
+                    let nth = s.requests.fetch_add(1, Ordering::SeqCst);
+                    if let (Upstream::PairFirst, 0 | 1) = (kind, nth) {
+                        let paired = s.pair.notified();
+                        if nth == 1 {
+                            s.pair.notify_one();
+                        } else {
+                            paired.await;
+                        }
+                    }
                     match kind {
                         Upstream::Vanish => return,
                         Upstream::VanishOnSecond if answered == 1 => return,
@@ -98,6 +115,13 @@ async fn upstream(kind: Upstream) -> (SocketAddr, Arc<Seen>) {
 }
 
 async fn gateway(upstream: SocketAddr) -> (scopegate::Running, tempfile::TempDir) {
+    gateway_with(upstream, |_| {}).await
+}
+
+async fn gateway_with(
+    upstream: SocketAddr,
+    tweak: impl FnOnce(&mut Settings),
+) -> (scopegate::Running, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let scopes = dir.path().join("scopes.toml");
     std::fs::write(&scopes, MATRIX).unwrap();
@@ -111,6 +135,8 @@ async fn gateway(upstream: SocketAddr) -> (scopegate::Running, tempfile::TempDir
         workers: 1,
         ..Settings::default()
     };
+    let mut settings = settings;
+    tweak(&mut settings);
     (scopegate::start(settings).await.unwrap(), dir)
 }
 
@@ -223,5 +249,29 @@ async fn a_bodyless_post_the_upstream_read_is_not_replayed_but_a_get_is() {
     let answer = bodyless(&gw, "GET").await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert_eq!(seen.requests.load(Ordering::SeqCst), 3);
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn idle_connections_past_the_idle_timeout_are_closed_while_others_stay_busy() {
+    let (addr, seen) = upstream(Upstream::PairFirst).await;
+    let idle = std::time::Duration::from_millis(300);
+    let (gw, _dir) = gateway_with(addr, |s| s.timeouts.upstream_idle = idle).await;
+    // Two requests at once: two upstream connections, both idle afterwards.
+    let (a, b) = tokio::join!(bodyless(&gw, "GET"), bodyless(&gw, "GET"));
+    assert!(
+        a.starts_with("HTTP/1.1 200") && b.starts_with("HTTP/1.1 200"),
+        "{a}\n{b}"
+    );
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
+    // Steady traffic keeps reusing the most recent one; the other passes the idle timeout
+    // and is closed, without a request ever reaching it.
+    let closed_one = eventually(std::time::Duration::from_secs(5), || async {
+        let answer = bodyless(&gw, "GET").await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        seen.closed.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert!(closed_one, "the unused idle connection stayed open");
     assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
 }

@@ -18,6 +18,7 @@ mod body;
 mod chunked;
 mod head;
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
@@ -48,6 +49,8 @@ const MAX_IDLE: usize = 1024;
 const MAX_RETRIES: usize = 3;
 /// Free space kept in the read buffer before a read for a response head.
 const HEAD_READ: usize = 8 * 1024;
+/// Buffers larger than this (a big body streamed, a long request head) are not kept idle.
+const MAX_IDLE_BUFFER: usize = 16 * 1024;
 
 /// One upstream connection and what was read from it but not yet used.
 pub(crate) struct Connection {
@@ -59,21 +62,35 @@ pub(crate) struct Connection {
     since: Instant,
 }
 
-/// The idle connections of each worker.
+/// The idle connections of each worker, most recently returned last.
 pub(crate) struct Idle {
     // Boxed: a connection (TLS state included) moves into a response body and back to the
     // list for each request; a pointer is cheaper to move than the whole of it.
-    #[allow(clippy::vec_box)]
-    lists: PerWorker<Mutex<Vec<Box<Connection>>>>,
+    lists: PerWorker<Mutex<VecDeque<Box<Connection>>>>,
     timeout: Duration,
 }
 
 impl Idle {
     fn checkin(&self, mut conn: Box<Connection>) {
-        conn.since = Instant::now();
+        let now = Instant::now();
+        conn.since = now;
+        if conn.buf.capacity() > MAX_IDLE_BUFFER {
+            conn.buf = BytesMut::new();
+        }
+        if conn.out.capacity() > MAX_IDLE_BUFFER {
+            conn.out = Vec::new();
+        }
         let mut list = self.lists.local().lock().unwrap_or_else(|e| e.into_inner());
+        // The oldest ones are closed once they pass the idle timeout, even when the most
+        // recent ones keep being used and `checkout` never reaches them.
+        while list
+            .front()
+            .is_some_and(|c| now.saturating_duration_since(c.since) > self.timeout)
+        {
+            list.pop_front();
+        }
         if list.len() < MAX_IDLE {
-            list.push(conn);
+            list.push_back(conn);
         }
     }
 
@@ -83,9 +100,9 @@ impl Idle {
     fn checkout(&self) -> Option<Box<Connection>> {
         let mut list = self.lists.local().lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        while let Some(mut conn) = list.pop() {
+        while let Some(mut conn) = list.pop_back() {
             if now.saturating_duration_since(conn.since) > self.timeout {
-                // Older ones below it have been idle even longer.
+                // Older ones before it have been idle even longer.
                 list.clear();
                 return None;
             }
