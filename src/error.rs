@@ -31,6 +31,11 @@ pub enum GatewayError {
     #[error("undecodable target: {0}")]
     Target(#[from] TargetError),
 
+    /// CONNECT asks for a tunnel, which a forge API never offers: a tunnel would carry
+    /// requests the gateway never sees.
+    #[error("the {0} method is not allowed")]
+    MethodNotAllowed(&'static str),
+
     #[error("{}", OutOfScopeText { origin, target, limit: *.limit })]
     OutOfScope {
         origin: ProjectIdentity,
@@ -125,6 +130,7 @@ impl GatewayError {
             | GatewayError::Unattributed { .. }
             | GatewayError::RegistryRefused { .. } => StatusCode::FORBIDDEN,
             GatewayError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::InvalidToken => StatusCode::UNAUTHORIZED,
             GatewayError::ForgeUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamConnect(_) | GatewayError::Upstream(_) => StatusCode::BAD_GATEWAY,
@@ -160,6 +166,7 @@ impl GatewayError {
                 Refusal::WriteToOtherProject => "registry_write_to_other_project",
             },
             GatewayError::UriTooLong(_) => "uri_too_long",
+            GatewayError::MethodNotAllowed(_) => "method_not_allowed",
             GatewayError::InvalidToken => "invalid_token",
             GatewayError::ForgeUnavailable(_) => "forge_unavailable",
             GatewayError::UpstreamConnect(_) => "upstream_connect",
@@ -431,6 +438,7 @@ mod tests {
             GatewayError::ForgeUnavailable(odd.clone()),
             GatewayError::Upstream("reset\n\"by\" peer".into()),
             GatewayError::InvalidToken,
+            GatewayError::MethodNotAllowed("CONNECT"),
         ];
         for origin in &identities {
             for target in &identities {

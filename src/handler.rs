@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response};
+use http::{HeaderValue, Method, Request, Response};
 use http_body::Body as _;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -166,6 +166,9 @@ impl Gateway {
         client: &ClientConn,
         outcome: &mut Outcome,
     ) -> Result<Response<ResponseBody>, GatewayError> {
+        if req.method() == Method::CONNECT {
+            return Err(GatewayError::MethodNotAllowed("CONNECT"));
+        }
         // HTTP/1.1 only (HTTP/2 has no Connection header): see `connection_names_protected`.
         if let Some(name) = connection_names_protected(req.headers()) {
             return Err(GatewayError::ConnectionListsHeader(name));

@@ -196,3 +196,20 @@ async fn http2_clients_are_served() {
     }
     assert_eq!(h.reached().len(), 1);
 }
+
+#[tokio::test]
+async fn connect_is_refused_and_never_reaches_the_forge() {
+    let h = Harness::start(MATRIX).await;
+    for request in [
+        "CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\nConnection: close\r\n\r\n".to_string(),
+        format!("CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\nJOB-TOKEN: {BOT}\r\nConnection: close\r\n\r\n"),
+    ] {
+        let answer = raw(h.gw.listen, request.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+        assert!(
+            answer.contains(r#"{"message":"405 Method Not Allowed - the CONNECT method is not allowed"}"#),
+            "{answer}"
+        );
+    }
+    assert!(h.forge.requests().is_empty(), "{:?}", h.forge.requests());
+}
