@@ -300,10 +300,7 @@ impl Forwarder {
                 tokio::time::timeout(self.response_timeout, sent).await,
                 metrics,
             )?;
-            metrics.upstream_status(resp.status());
-            let (mut parts, body) = resp.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            return Ok(Response::from_parts(parts, UpstreamBody::Direct(body)));
+            return Ok(passed_back(resp, metrics, UpstreamBody::Direct));
         }
         let sent = self.pool.send(req);
         let mut resp = upstream_answer(
@@ -328,15 +325,25 @@ impl Forwarder {
             parts.headers.insert(header::UPGRADE, protocol);
             return Ok(Response::from_parts(parts, UpstreamBody::Pooled(body)));
         }
-        metrics.upstream_status(resp.status());
-        let (mut parts, body) = resp.into_parts();
-        if parts.headers.contains_key(header::TRANSFER_ENCODING) {
-            // Read by its transfer coding: a Content-Length beside it is wrong (RFC 9112 §6.3).
-            parts.headers.remove(header::CONTENT_LENGTH);
-        }
-        strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(parts, UpstreamBody::Pooled(body)))
+        Ok(passed_back(resp, metrics, UpstreamBody::Pooled))
     }
+}
+
+/// The upstream's response as the client gets it: counted by status, its hop-by-hop headers
+/// gone, and no Content-Length beside a transfer coding (the body was read by the coding, and
+/// is framed anew for the client: RFC 9112 §6.3).
+fn passed_back<B>(
+    resp: Response<B>,
+    metrics: &Metrics,
+    body: impl FnOnce(B) -> UpstreamBody,
+) -> Response<UpstreamBody> {
+    metrics.upstream_status(resp.status());
+    let (mut parts, inner) = resp.into_parts();
+    if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
+    strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, body(inner))
 }
 
 /// The upstream's response, or the error it became (counted by kind).

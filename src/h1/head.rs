@@ -65,6 +65,24 @@ pub fn write_request(out: &mut Vec<u8>, method: &Method, target: &str, headers: 
     out.extend_from_slice(b"\r\n");
 }
 
+/// Whether `buf` may hold a complete head: an empty line (`\n\n` or `\n\r\n`, as httparse
+/// accepts) after the first `searched` bytes, which are known to hold none; `searched` moves
+/// on so the next call looks only at new bytes.
+pub fn may_be_complete(buf: &[u8], searched: &mut usize) -> bool {
+    // The end may straddle what was searched and what is new: look two bytes back.
+    let from = searched.saturating_sub(2);
+    let found = buf
+        .get(from..)
+        .unwrap_or_default()
+        .windows(2)
+        .enumerate()
+        .any(|(i, w)| w == b"\n\n" || (w == b"\n\r" && buf.get(from + i + 2) == Some(&b'\n')));
+    if !found {
+        *searched = buf.len();
+    }
+    found
+}
+
 /// Take a complete response head off the front of `buf`; `None` while it is incomplete.
 pub fn parse(buf: &mut BytesMut) -> Result<Option<Head>, HeadError> {
     let mut slots: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS] =
@@ -211,6 +229,28 @@ mod tests {
         let mut partial = BytesMut::from(&b"HTTP/1.1 200 OK\r\nA: b\r\n"[..]);
         assert!(parse(&mut partial).unwrap().is_none());
         assert_eq!(partial.len(), 23);
+    }
+
+    #[test]
+    fn a_complete_head_is_noticed_in_any_split_and_each_byte_is_searched_once() {
+        for raw in [
+            &b"HTTP/1.1 200 OK\r\nA: b\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\nA: b\n\n",
+        ] {
+            for split in 1..raw.len() {
+                let mut searched = 0;
+                let first = may_be_complete(&raw[..split], &mut searched);
+                assert!(!first, "{split}: no empty line yet");
+                assert_eq!(searched, split);
+                assert!(may_be_complete(raw, &mut searched), "{split}");
+            }
+        }
+        // A line end that is not an empty line is not an end.
+        let mut searched = 0;
+        assert!(!may_be_complete(
+            b"HTTP/1.1 200 OK\r\nA: b\r\n",
+            &mut searched
+        ));
     }
 
     #[test]

@@ -244,9 +244,13 @@ async fn exchange(
         .map_err(ExchangeError::Write)?;
     conn.io.flush().await.map_err(ExchangeError::Write)?;
     let mut answered = false;
+    // Bytes of the buffer known to hold no end of a head: each byte is searched once, so a head
+    // arriving in many small reads is parsed once, not once per read.
+    let mut searched = 0;
     loop {
-        if !conn.buf.is_empty() {
+        if head::may_be_complete(&conn.buf, &mut searched) {
             if let Some(mut head) = head::parse(&mut conn.buf)? {
+                searched = 0;
                 match head.status {
                     StatusCode::SWITCHING_PROTOCOLS => return Err(ExchangeError::UnaskedUpgrade),
                     s if s.is_informational() => continue,
@@ -255,9 +259,9 @@ async fn exchange(
                 let (framing, keep_alive) = head::framing(&mut head, method)?;
                 return Ok((head, framing, keep_alive));
             }
-            if conn.buf.len() >= MAX_HEAD {
-                return Err(ExchangeError::HeadTooLarge);
-            }
+        }
+        if conn.buf.len() >= MAX_HEAD {
+            return Err(ExchangeError::HeadTooLarge);
         }
         if conn.buf.capacity() - conn.buf.len() < HEAD_READ / 2 {
             conn.buf.reserve(HEAD_READ);
