@@ -71,12 +71,13 @@ pub fn write_request(out: &mut Vec<u8>, method: &Method, target: &str, headers: 
 pub fn may_be_complete(buf: &[u8], searched: &mut usize) -> bool {
     // The end may straddle what was searched and what is new: look two bytes back.
     let from = searched.saturating_sub(2);
-    let found = buf
-        .get(from..)
-        .unwrap_or_default()
-        .windows(2)
-        .enumerate()
-        .any(|(i, w)| w == b"\n\n" || (w == b"\n\r" && buf.get(from + i + 2) == Some(&b'\n')));
+    let rest = buf.get(from..).unwrap_or_default();
+    // Line to line (memchr's vector search), not byte by byte: this runs on every response.
+    let found = memchr::memchr_iter(b'\n', rest).any(|i| match rest.get(i + 1) {
+        Some(b'\n') => true,
+        Some(b'\r') => rest.get(i + 2) == Some(&b'\n'),
+        _ => false,
+    });
     if !found {
         *searched = buf.len();
     }
