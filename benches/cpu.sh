@@ -39,20 +39,14 @@ if [ -z "$BIN" ]; then
   [ -x "$BIN" ] || BIN=$ROOT/target/release/scopegate
 fi
 [ -x "$BIN" ] || die "no gateway binary at $BIN (cargo build --release, or bash benches/pgo.sh)"
-for tool in nginx haproxy wrk python3 curl; do
+for tool in nginx haproxy wrk python3; do
   command -v "$tool" >/dev/null 2>&1 || die "'$tool' is missing"
 done
 [ -x /usr/bin/time ] || die "GNU time is missing (apt-get install time)"
 [ -f "$BENCH/workload.lua" ] || die "no benchmark harness at $BENCH (set GWBENCH_DIR)"
 
-WORK=$(mktemp -d /tmp/scopegate-cpu.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+. "$ROOT/benches/common.sh"
+bench_workdir cpu
 
 start_nginx() { # NAME CONF -> master pid
   mkdir -p "$WORK/$1"
@@ -75,11 +69,7 @@ PIDS+=("$!"); GATEWAY=$!
 
 url_of() { printf 'http://127.0.0.1:%s' "$1"; }
 for port in 18081 18082 18083 18084 18085; do
-  for _ in $(seq 300); do
-    curl -s -o /dev/null "$(url_of $port)/" && break
-    sleep 0.1
-  done
-  curl -s -o /dev/null "$(url_of $port)/" || die "nothing answers on :$port (logs: $WORK)"
+  wait_port "$port" || die "nothing accepts on 127.0.0.1:$port (logs: $WORK)"
 done
 
 # A process and its children (nginx's workers), then the clock ticks of all their threads.
@@ -118,10 +108,11 @@ name, hz, out, timing = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 pu, ps, fu, fs = (int(x) for x in sys.argv[5:9])
 text = open(out).read()
 result = re.search(r"RESULT rps=([0-9.]+) p50_us=\d+ p99_us=(\d+) requests=(\d+)", text)
-if not result:
-    sys.exit(f"cpu.sh: no RESULT line from wrk for {name}")
+cpu = re.search(r"WRKCPU ([0-9.]+) ([0-9.]+)", open(timing).read())
+if not result or not cpu or int(result[3]) == 0:
+    sys.exit(f"cpu.sh: wrk reported no result or no CPU time for {name}")
+wu, ws = float(cpu[1]), float(cpu[2])
 rps, p99, requests = float(result[1]), int(result[2]), int(result[3])
-wu, ws = (float(x) for x in re.search(r"WRKCPU ([0-9.]+) ([0-9.]+)", open(timing).read()).groups())
 per = lambda ticks: ticks * 1e6 / hz / requests
 cells = [per(pu), per(ps), per(fu) + per(fs), (wu + ws) * 1e6 / requests]
 print(f"{name:<10} {rps:>8.0f} {p99 / 1000:>7.2f} " + " ".join(f"{c:>8.1f}" for c in cells)

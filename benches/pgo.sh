@@ -36,23 +36,8 @@ for tool in nginx wrk curl; do
   command -v "$tool" >/dev/null 2>&1 || die "'$tool' is missing (apt-get install $tool)"
 done
 
-WORK=$(mktemp -d /tmp/scopegate-pgo.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-wait_port() {
-  local deadline=$((SECONDS + 30))
-  until port_open "$1"; do
-    [ "$SECONDS" -lt "$deadline" ] || die "nothing accepts on 127.0.0.1:$1 (logs: $WORK)"
-    sleep 0.1
-  done
-}
+. "$ROOT/benches/common.sh"
+bench_workdir pgo
 
 # ------------------------------------------------------------------ 1. instrumented build
 say "instrumented build ($GEN_DIR)"
@@ -97,7 +82,7 @@ EOF
 nginx -p "$WORK/forge/" -c "$WORK/forge/nginx.conf" -e "$WORK/forge/error.log" \
   </dev/null >"$WORK/forge/stderr.log" 2>&1 &
 PIDS+=($!)
-wait_port "$FORGE_PORT"
+wait_port "$FORGE_PORT" || die "nothing accepts on 127.0.0.1:$FORGE_PORT (logs: $WORK)"
 
 # Project N may reach project N+1; everything else is out of scope.
 awk -v n="$PROJECTS" 'BEGIN {
@@ -159,7 +144,7 @@ say "training ($TRAIN_SECONDS s of wrk, then the demo walkthrough)"
   --state-dir "$WORK/state" --log-level warn </dev/null >"$WORK/gateway.log" 2>&1 &
 gw=$!
 PIDS+=($gw)
-wait_port "$GATEWAY_PORT"
+wait_port "$GATEWAY_PORT" || die "nothing accepts on 127.0.0.1:$GATEWAY_PORT (logs: $WORK)"
 wrk -t1 -c64 -d"${TRAIN_SECONDS}s" -s "$WORK/train.lua" "http://127.0.0.1:$GATEWAY_PORT" >"$WORK/wrk.log" 2>&1 ||
   die "wrk failed: $(tail -n 5 "$WORK/wrk.log")"
 curl -fsS -o /dev/null "http://127.0.0.1:$((GATEWAY_PORT + 1))/metrics" || die "admin /metrics failed"

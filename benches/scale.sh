@@ -16,7 +16,6 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH=${GWBENCH_DIR:-$ROOT/../shared/bench}
 BIN=$ROOT/target/release/scopegate
-RUN=$(mktemp -d /tmp/scopegate-scale.XXXXXX)
 LISTEN=127.0.0.1:18094
 ADMIN=127.0.0.1:18095
 UPSTREAM=http://127.0.0.1:18081
@@ -28,13 +27,12 @@ IDLE_CONNS=${IDLE_CONNS:-10000}
 SKIP_TOKENS=0
 [ "${1-}" = "--skip-tokens" ] && SKIP_TOKENS=1
 
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$RUN"; }
-trap cleanup EXIT
+. "$ROOT/benches/common.sh"
+bench_workdir scale
+RUN=$WORK
 
 say() { printf '%s\n' "$*"; }
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
-wait_port() { for _ in $(seq 1 600); do timeout 1 bash -c "exec 3<>/dev/tcp/${1%:*}/${1#*:}" 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 
 [ -x "$BIN" ] || { echo "build first: cargo build --release" >&2; exit 1; }
 command -v wrk >/dev/null && command -v nginx >/dev/null || { echo "needs wrk and nginx (run ../shared/bench/run.sh once)" >&2; exit 1; }
@@ -59,13 +57,13 @@ read -r CHECK_S CHECK_KIB < "$RUN/check.time"
 say "scopegate check: ${CHECK_S} s, peak RSS $((CHECK_KIB / 1024)) MiB (read, parse, validate, compile)"
 
 # ---------------------------------------------------------------- mock forge + gateway
-if ! timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/18081" 2>/dev/null; then
+if ! port_open 18081; then
   mkdir -p "$RUN/up/logs"
   [ -f /tmp/gwbench-big.bin ] || fallocate -l $((256 * 1024 * 1024)) /tmp/gwbench-big.bin
   # The config runs nginx in the foreground (daemon off), so $! is its master.
   nginx -p "$RUN/up/" -c "$BENCH/upstream.nginx.conf" -e "$RUN/up/error.log" &
   PIDS+=("$!")
-  wait_port 127.0.0.1:18081
+  wait_port 18081 60
 fi
 cat > "$RUN/settings.toml" <<EOF
 listen = "$LISTEN"
@@ -84,7 +82,7 @@ started=$(date +%s.%N)
 "$BIN" run --config "$RUN/settings.toml" --log-level warn > "$RUN/gateway.log" 2>&1 &
 GW=$!
 PIDS+=("$GW")
-wait_port "$LISTEN"
+wait_port "${LISTEN#*:}" 60
 ready=$(date +%s.%N)
 say "gateway up in $(python3 -c "print(round($ready - $started, 2))") s with the file; RSS $(( $(rss_kib $GW) / 1024 )) MiB"
 
